@@ -1,0 +1,20 @@
+//! Image references, registry pulls, a sha256-verified content store, layer unpack into
+//! overlay snapshots shared by chain ID, image records and garbage collection.
+
+pub mod compression;
+pub mod content;
+pub mod error;
+pub mod metadata;
+pub mod platform;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod snapshots;
+pub mod store;
+pub mod unpack;
+pub mod whiteout;
+
+pub use error::{Error, Result};
+pub use reference::Reference;
+pub use registry::{Credentials, HostConfig, RegistriesConfig};
+pub use store::{FsUsage, ImageRecord, ImageStore, StoreConfig};
