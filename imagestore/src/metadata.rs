@@ -167,7 +167,16 @@ impl Metadata {
                     // Keep the original creation time, take the newest pull's view of the rest.
                     let created = old.created_unix;
                     let (tags, digests) = (old.repo_tags.clone(), old.repo_digests.clone());
+                    // One config pulled through different manifests (compressed or not, from an
+                    // index or not) is one image that holds on to every manifest's blobs.
+                    let mut blobs = old.blobs.clone();
                     old = image.clone();
+                    for b in &image.blobs {
+                        if !blobs.contains(b) {
+                            blobs.push(b.clone());
+                        }
+                    }
+                    old.blobs = blobs;
                     old.created_unix = created;
                     old.repo_tags = tags;
                     old.repo_digests = digests;

@@ -449,7 +449,7 @@ impl Applier<'_> {
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in below {
-                let _ = key;
+                self.dir_times.remove(&key);
             }
             return Ok(Existing::Nothing);
         }
