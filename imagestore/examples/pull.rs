@@ -24,7 +24,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in refs {
         let t = std::time::Instant::now();
         let img = store.pull(r, None).await?;
-        println!("{r}: {} tags={:?} digests={:?} size={} in {:?}", img.id, img.repo_tags, img.repo_digests, img.size, t.elapsed());
+        println!(
+            "{r}: {} tags={:?} digests={:?} size={} in {:?}",
+            img.id,
+            img.repo_tags,
+            img.repo_digests,
+            img.size,
+            t.elapsed()
+        );
     }
     println!("usage: {:?}", store.usage()?);
     Ok(())

@@ -39,7 +39,11 @@ pub enum Error {
 
     /// Content had a different size than its descriptor said.
     #[error("size mismatch for {digest}: expected {expected} bytes, got {actual}")]
-    SizeMismatch { digest: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
 
     /// A digest string we cannot use (only sha256 is supported).
     #[error("invalid digest {0:?}")]

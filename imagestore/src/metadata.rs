@@ -155,7 +155,11 @@ impl Metadata {
     /// Records a pulled image under `names`, merging with an existing record of the same id.
     /// A name that pointed at another image moves here; that image keeps its other names, and
     /// goes when it has none left. Returns the stored record and the ids of images removed.
-    pub fn commit_image(&self, image: ImageRecord, names: &[String]) -> Result<(ImageRecord, Vec<String>)> {
+    pub fn commit_image(
+        &self,
+        image: ImageRecord,
+        names: &[String],
+    ) -> Result<(ImageRecord, Vec<String>)> {
         let txn = self.db.begin_write()?;
         let mut removed = Vec::new();
         let stored = {
@@ -187,7 +191,9 @@ impl Metadata {
             for name in names {
                 let previous = refs.get(name.as_str())?.map(|v| v.value().to_string());
                 if let Some(prev) = previous.filter(|p| p != &record.id) {
-                    let prev_rec = images.get(prev.as_str())?.map(|v| decode::<ImageRecord>(v.value()));
+                    let prev_rec = images
+                        .get(prev.as_str())?
+                        .map(|v| decode::<ImageRecord>(v.value()));
                     if let Some(prev_rec) = prev_rec {
                         let mut prev_rec = prev_rec?;
                         prev_rec.repo_tags.retain(|t| t != name);
@@ -292,17 +298,29 @@ mod tests {
         let a = md.image("sha256:a").expect("get").expect("a kept");
         assert!(a.repo_tags.is_empty());
         assert_eq!(a.repo_digests, vec!["r@sha256:1"]);
-        assert_eq!(md.image_id_for_name("r:t").expect("ref"), Some("sha256:b".into()));
+        assert_eq!(
+            md.image_id_for_name("r:t").expect("ref"),
+            Some("sha256:b".into())
+        );
     }
 
     #[test]
     fn last_tag_removed_removes_image() {
         let dir = tempfile::tempdir().expect("tempdir");
         let md = Metadata::open(&dir.path().join("m.redb")).expect("open");
-        md.commit_image(image("sha256:a"), &["r:1".into(), "r:2".into(), "r@sha256:1".into()])
-            .expect("commit");
-        assert!(!md.remove_names("sha256:a", &["r:1".into()], false).expect("rm"));
-        assert!(md.remove_names("sha256:a", &["r:2".into()], false).expect("rm"));
+        md.commit_image(
+            image("sha256:a"),
+            &["r:1".into(), "r:2".into(), "r@sha256:1".into()],
+        )
+        .expect("commit");
+        assert!(
+            !md.remove_names("sha256:a", &["r:1".into()], false)
+                .expect("rm")
+        );
+        assert!(
+            md.remove_names("sha256:a", &["r:2".into()], false)
+                .expect("rm")
+        );
         assert!(md.image("sha256:a").expect("get").is_none());
         assert!(md.image_id_for_name("r@sha256:1").expect("ref").is_none());
         assert_eq!(md.next_snapshot_number().expect("n"), 1);

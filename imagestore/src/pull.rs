@@ -133,11 +133,19 @@ fn map_oci(reference: &str, e: OciDistributionError) -> Error {
                 }
             }
         }
-        OciDistributionError::ServerError { code: 404, url, message } => Error::RemoteNotFound {
+        OciDistributionError::ServerError {
+            code: 404,
+            url,
+            message,
+        } => Error::RemoteNotFound {
             reference: reference.to_string(),
             message: format!("{url}: {message}"),
         },
-        OciDistributionError::ServerError { code: 401 | 403, url, message } => Error::Unauthorized {
+        OciDistributionError::ServerError {
+            code: 401 | 403,
+            url,
+            message,
+        } => Error::Unauthorized {
             reference: reference.to_string(),
             message: format!("{url}: {message}"),
         },
@@ -164,9 +172,21 @@ fn client_for(endpoint: &Endpoint, max_downloads: usize) -> oci_client::Client {
 
 fn oci_reference(r: &Reference, endpoint: &Endpoint) -> oci_client::Reference {
     let mut o = match (r.tag(), r.digest()) {
-        (_, Some(d)) => oci_client::Reference::with_digest(r.domain().to_string(), r.path().to_string(), d.to_string()),
-        (Some(t), None) => oci_client::Reference::with_tag(r.domain().to_string(), r.path().to_string(), t.to_string()),
-        (None, None) => oci_client::Reference::with_tag(r.domain().to_string(), r.path().to_string(), "latest".into()),
+        (_, Some(d)) => oci_client::Reference::with_digest(
+            r.domain().to_string(),
+            r.path().to_string(),
+            d.to_string(),
+        ),
+        (Some(t), None) => oci_client::Reference::with_tag(
+            r.domain().to_string(),
+            r.path().to_string(),
+            t.to_string(),
+        ),
+        (None, None) => oci_client::Reference::with_tag(
+            r.domain().to_string(),
+            r.path().to_string(),
+            "latest".into(),
+        ),
     };
     if endpoint.mirror {
         o.set_mirror_registry(endpoint.host.clone());
@@ -190,7 +210,8 @@ fn unsupported(reference: &str, message: impl Into<String>) -> Error {
 }
 
 fn parse_json(reference: &str, what: &str, bytes: &[u8]) -> Result<Value> {
-    serde_json::from_slice(bytes).map_err(|e| unsupported(reference, format!("{what} is not valid JSON: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| unsupported(reference, format!("{what} is not valid JSON: {e}")))
 }
 
 fn descriptor(reference: &str, v: &Value, what: &str) -> Result<(String, u64, String)> {
@@ -200,12 +221,22 @@ fn descriptor(reference: &str, v: &Value, what: &str) -> Result<(String, u64, St
         .ok_or_else(|| unsupported(reference, format!("{what} descriptor has no digest")))?;
     ContentStore::parse_digest(digest)?;
     let size = v.get("size").and_then(Value::as_u64).unwrap_or(0);
-    let mt = v.get("mediaType").and_then(Value::as_str).unwrap_or("").to_string();
+    let mt = v
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     Ok((digest.to_string(), size, mt))
 }
 
 /// Exchanges an OAuth2 refresh token for a bearer token, as containerd does for identity tokens.
-async fn exchange_identity_token(endpoint: &Endpoint, repository: &str, username: &str, token: &str, reference: &str) -> Result<String> {
+async fn exchange_identity_token(
+    endpoint: &Endpoint,
+    repository: &str,
+    username: &str,
+    token: &str,
+    reference: &str,
+) -> Result<String> {
     let scheme = if endpoint.plain_http { "http" } else { "https" };
     let http = reqwest::Client::builder()
         .danger_accept_invalid_certs(endpoint.insecure)
@@ -231,7 +262,10 @@ async fn exchange_identity_token(endpoint: &Endpoint, repository: &str, username
     let Some(challenge) = challenge.filter(|c| c.to_ascii_lowercase().starts_with("bearer")) else {
         return Err(Error::Unauthorized {
             reference: reference.into(),
-            message: format!("{} does not ask for bearer tokens, so an identity token cannot be used", endpoint.host),
+            message: format!(
+                "{} does not ask for bearer tokens, so an identity token cannot be used",
+                endpoint.host
+            ),
         });
     };
     let params = parse_challenge(&challenge);
@@ -240,7 +274,11 @@ async fn exchange_identity_token(endpoint: &Endpoint, repository: &str, username
         .find(|(k, _)| k == "realm")
         .map(|(_, v)| v.clone())
         .ok_or_else(|| reg_err(format!("bearer challenge without realm: {challenge}")))?;
-    let service = params.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
+    let service = params
+        .iter()
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let scope = format!("repository:{repository}:pull");
     let mut form = vec![
         ("grant_type", "refresh_token"),
@@ -261,20 +299,27 @@ async fn exchange_identity_token(endpoint: &Endpoint, repository: &str, username
         .join("&");
     let res = http
         .post(&realm)
-        .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
         .body(body)
         .send()
         .await
         .map_err(|e| reg_err(format!("token endpoint {realm}: {e}")))?;
     let status = res.status();
-    let text = res.text().await.map_err(|e| reg_err(format!("token endpoint {realm}: {e}")))?;
+    let text = res
+        .text()
+        .await
+        .map_err(|e| reg_err(format!("token endpoint {realm}: {e}")))?;
     if !status.is_success() {
         return Err(Error::Unauthorized {
             reference: reference.into(),
             message: format!("token endpoint {realm} answered {status}: {}", text.trim()),
         });
     }
-    let v: Value = serde_json::from_str(&text).map_err(|e| reg_err(format!("token endpoint {realm}: bad JSON: {e}")))?;
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| reg_err(format!("token endpoint {realm}: bad JSON: {e}")))?;
     v.get("access_token")
         .or_else(|| v.get("token"))
         .and_then(Value::as_str)
@@ -286,7 +331,9 @@ fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }
@@ -334,20 +381,34 @@ fn parse_challenge(h: &str) -> Vec<(String, String)> {
     out
 }
 
-async fn registry_auth(auth: &Auth, endpoint: &Endpoint, r: &Reference, name: &str) -> Result<RegistryAuth> {
+async fn registry_auth(
+    auth: &Auth,
+    endpoint: &Endpoint,
+    r: &Reference,
+    name: &str,
+) -> Result<RegistryAuth> {
     Ok(match auth {
         Auth::Anonymous => RegistryAuth::Anonymous,
         Auth::Basic(u, p) => RegistryAuth::Basic(u.clone(), p.clone()),
         Auth::Bearer(t) => RegistryAuth::Bearer(t.clone()),
-        Auth::IdentityToken { username, token } => {
-            RegistryAuth::Bearer(exchange_identity_token(endpoint, r.path(), username, token, name).await?)
-        }
+        Auth::IdentityToken { username, token } => RegistryAuth::Bearer(
+            exchange_identity_token(endpoint, r.path(), username, token, name).await?,
+        ),
     })
 }
 
-async fn fetch_small(client: &oci_client::Client, oref: &oci_client::Reference, digest: &str, size: u64, name: &str) -> Result<Vec<u8>> {
+async fn fetch_small(
+    client: &oci_client::Client,
+    oref: &oci_client::Reference,
+    digest: &str,
+    size: u64,
+    name: &str,
+) -> Result<Vec<u8>> {
     if size > MAX_SMALL_BLOB {
-        return Err(unsupported(name, format!("blob {digest} is {size} bytes, more than a config may be")));
+        return Err(unsupported(
+            name,
+            format!("blob {digest} is {size} bytes, more than a config may be"),
+        ));
     }
     let mut stream = client
         .pull_blob_stream(oref, digest)
@@ -359,7 +420,10 @@ async fn fetch_small(client: &oci_client::Client, oref: &oci_client::Reference, 
             Ok(c) => {
                 buf.extend_from_slice(&c);
                 if buf.len() as u64 > MAX_SMALL_BLOB {
-                    return Err(unsupported(name, format!("blob {digest} is larger than its descriptor says")));
+                    return Err(unsupported(
+                        name,
+                        format!("blob {digest} is larger than its descriptor says"),
+                    ));
                 }
             }
             // The client's own verification fails at the end of the stream: ours names it better.
@@ -392,7 +456,13 @@ async fn fetch_small(client: &oci_client::Client, oref: &oci_client::Reference, 
     Ok(buf)
 }
 
-async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoint, auth: &Auth) -> Result<Resolved> {
+async fn resolve_at(
+    inner: &Inner,
+    r: &Reference,
+    name: &str,
+    endpoint: &Endpoint,
+    auth: &Auth,
+) -> Result<Resolved> {
     let client = client_for(endpoint, inner.config.max_concurrent_downloads);
     let oref = oci_reference(r, endpoint);
     let rauth = registry_auth(auth, endpoint, r, name).await?;
@@ -416,7 +486,10 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
     let top_json = parse_json(name, "manifest", &top)?;
     let mut blobs = vec![(top_digest.clone(), top.to_vec())];
     let mut size = top.len() as u64;
-    let schema = top_json.get("schemaVersion").and_then(Value::as_i64).unwrap_or(0);
+    let schema = top_json
+        .get("schemaVersion")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let mt = media_type_of(&top_json, None);
     if schema == 1 || mt == MT_DOCKER_SCHEMA1 || mt == MT_DOCKER_SCHEMA1_SIGNED {
         return Err(unsupported(
@@ -424,7 +497,9 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
             "Docker image manifest schema 1 is deprecated and not supported; re-push the image with a current tool so it has a schema 2 or OCI manifest",
         ));
     }
-    let is_index = mt == MT_OCI_INDEX || mt == MT_DOCKER_LIST || (mt.is_empty() && top_json.get("manifests").is_some());
+    let is_index = mt == MT_OCI_INDEX
+        || mt == MT_DOCKER_LIST
+        || (mt.is_empty() && top_json.get("manifests").is_some());
     let (manifest_json, manifest_digest, index_digest) = if is_index {
         let host = Platform::host();
         let entries = top_json
@@ -440,10 +515,12 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
                 p.get("variant").and_then(Value::as_str),
             ))
         });
-        let chosen = host.best_match(candidates).ok_or_else(|| Error::NoMatchingPlatform {
-            reference: name.to_string(),
-            platform: host.to_string(),
-        })?;
+        let chosen = host
+            .best_match(candidates)
+            .ok_or_else(|| Error::NoMatchingPlatform {
+                reference: name.to_string(),
+                platform: host.to_string(),
+            })?;
         let (mdigest, msize, _) = descriptor(name, &entries[chosen], "manifest")?;
         let mref = oref.clone_with_digest(mdigest.clone());
         let (mbytes, _) = client
@@ -452,7 +529,10 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
             .map_err(|e| map_oci(name, e))?;
         let actual = sha256_digest(&mbytes);
         if actual != mdigest {
-            return Err(Error::DigestMismatch { expected: mdigest, actual });
+            return Err(Error::DigestMismatch {
+                expected: mdigest,
+                actual,
+            });
         }
         if msize != 0 && msize != mbytes.len() as u64 {
             return Err(Error::SizeMismatch {
@@ -463,11 +543,18 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
         }
         size += mbytes.len() as u64;
         blobs.push((mdigest.clone(), mbytes.to_vec()));
-        (parse_json(name, "manifest", &mbytes)?, mdigest, Some(top_digest.clone()))
+        (
+            parse_json(name, "manifest", &mbytes)?,
+            mdigest,
+            Some(top_digest.clone()),
+        )
     } else if mt.is_empty() || mt == MT_OCI_MANIFEST || mt == MT_DOCKER_MANIFEST {
         (top_json, top_digest.clone(), None)
     } else {
-        return Err(unsupported(name, format!("unsupported manifest media type {mt:?}")));
+        return Err(unsupported(
+            name,
+            format!("unsupported manifest media type {mt:?}"),
+        ));
     };
     let mmt = media_type_of(&manifest_json, None);
     if mmt == MT_OCI_INDEX || mmt == MT_DOCKER_LIST || manifest_json.get("manifests").is_some() {
@@ -486,7 +573,11 @@ async fn resolve_at(inner: &Inner, r: &Reference, name: &str, endpoint: &Endpoin
         .get("rootfs")
         .and_then(|r| r.get("diff_ids"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     for d in &diff_ids {
         ContentStore::parse_digest(d)?;
@@ -566,6 +657,13 @@ impl Read for ChannelReader {
     }
 }
 
+/// The unpack side of a layer download: its chunk sender, its task, and its snapshot number.
+type Unpacker = (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<Result<(unpack::LayerStats, String)>>,
+    u64,
+);
+
 /// Hashes what passes through, to check the uncompressed layer against its diff_id.
 struct HashingReader<R> {
     inner: R,
@@ -606,12 +704,13 @@ async fn fetch_layer(inner: &Arc<Inner>, res: &Resolved, layer: &Layer, name: &s
     let writer = tokio::task::spawn_blocking(move || -> Result<_> {
         let mut w = content.writer(&digest, Some(size))?;
         while let Some(b) = brx.blocking_recv() {
-            w.write_all(&b).map_err(|e| Error::io("write", "content ingest", e))?;
+            w.write_all(&b)
+                .map_err(|e| Error::io("write", "content ingest", e))?;
         }
         Ok(w)
     });
 
-    let mut unpacker: Option<(tokio::sync::mpsc::Sender<Bytes>, tokio::task::JoinHandle<Result<(unpack::LayerStats, String)>>, u64)> = None;
+    let mut unpacker: Option<Unpacker> = None;
     let mut stream_error = None;
     let mut received = 0u64;
     let mut first = true;
@@ -631,21 +730,28 @@ async fn fetch_layer(inner: &Arc<Inner>, res: &Resolved, layer: &Layer, name: &s
             let dir = inner.snapshots.prepare(number)?;
             let (utx, urx) = tokio::sync::mpsc::channel::<Bytes>(64);
             let ldigest = layer.digest.clone();
-            let task = tokio::task::spawn_blocking(move || -> Result<(unpack::LayerStats, String)> {
-                let reader = ChannelReader { rx: urx, current: Bytes::new() };
-                let decompressed = compression::reader(reader, comp)?;
-                let mut hashed = HashingReader {
-                    inner: decompressed,
-                    hasher: Sha256::new(),
-                };
-                let stats = unpack::apply_layer(&mut hashed, &dir, &ldigest)?;
-                // The tar end marker may leave padding unread; the diff_id covers all of it.
-                std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| Error::Layer {
-                    digest: ldigest.clone(),
-                    message: format!("reading layer: {e}"),
-                })?;
-                Ok((stats, format!("sha256:{}", hex::encode(hashed.hasher.finalize()))))
-            });
+            let task =
+                tokio::task::spawn_blocking(move || -> Result<(unpack::LayerStats, String)> {
+                    let reader = ChannelReader {
+                        rx: urx,
+                        current: Bytes::new(),
+                    };
+                    let decompressed = compression::reader(reader, comp)?;
+                    let mut hashed = HashingReader {
+                        inner: decompressed,
+                        hasher: Sha256::new(),
+                    };
+                    let stats = unpack::apply_layer(&mut hashed, &dir, &ldigest)?;
+                    // The tar end marker may leave padding unread; the diff_id covers all of it.
+                    std::io::copy(&mut hashed, &mut std::io::sink()).map_err(|e| Error::Layer {
+                        digest: ldigest.clone(),
+                        message: format!("reading layer: {e}"),
+                    })?;
+                    Ok((
+                        stats,
+                        format!("sha256:{}", hex::encode(hashed.hasher.finalize())),
+                    ))
+                });
             unpacker = Some((utx, task, number));
         }
         if btx.send(chunk.clone()).await.is_err() {
@@ -678,7 +784,10 @@ async fn fetch_layer(inner: &Arc<Inner>, res: &Resolved, layer: &Layer, name: &s
     };
     let cleanup = |number: Option<u64>| {
         if let Some(n) = number
-            && let Err(e) = inner.snapshots.trash(n).and_then(|_| inner.snapshots.empty_trash())
+            && let Err(e) = inner
+                .snapshots
+                .trash(n)
+                .and_then(|_| inner.snapshots.empty_trash())
         {
             warn!(error = %e, "removing failed snapshot");
         }
@@ -754,9 +863,17 @@ async fn fetch_layer(inner: &Arc<Inner>, res: &Resolved, layer: &Layer, name: &s
 }
 
 /// Pulls `name` and records the image. Called with the reference's pull lock held.
-pub(crate) async fn pull(inner: &Arc<Inner>, r: &Reference, credentials: Option<&Credentials>) -> Result<ImageRecord> {
+pub(crate) async fn pull(
+    inner: &Arc<Inner>,
+    r: &Reference,
+    credentials: Option<&Credentials>,
+) -> Result<ImageRecord> {
     let name = r.to_string();
-    let auth = Auth::resolve(credentials, inner.config.registries.host(r.domain()), r.domain())?;
+    let auth = Auth::resolve(
+        credentials,
+        inner.config.registries.host(r.domain()),
+        r.domain(),
+    )?;
     let endpoints = inner.config.registries.endpoints(r.domain());
     let mut last_err = None;
     let mut resolved = None;
@@ -782,12 +899,18 @@ pub(crate) async fn pull(inner: &Arc<Inner>, r: &Reference, credentials: Option<
         }
     }
     let Some(res) = resolved else {
-        return Err(last_err.unwrap_or_else(|| Error::Config(format!("no endpoint for {}", r.domain()))));
+        return Err(
+            last_err.unwrap_or_else(|| Error::Config(format!("no endpoint for {}", r.domain())))
+        );
     };
     info!(image = %name, endpoint = %res.endpoint.host, manifest = %res.manifest_digest, layers = res.layers.len(), "pulling");
 
     let mut keys: Vec<String> = res.blobs.iter().map(|(d, _)| d.clone()).collect();
-    keys.extend(res.layers.iter().flat_map(|l| [l.digest.clone(), l.chain_id.clone()]));
+    keys.extend(
+        res.layers
+            .iter()
+            .flat_map(|l| [l.digest.clone(), l.chain_id.clone()]),
+    );
     let _lease = inner.lease(keys);
 
     for (digest, bytes) in &res.blobs {
@@ -800,7 +923,13 @@ pub(crate) async fn pull(inner: &Arc<Inner>, r: &Reference, credentials: Option<
         }
     }
     let limit = inner.config.max_concurrent_downloads.max(1);
-    futures_util::stream::iter(res.layers.iter().map(|l| fetch_layer(inner, &res, l, &name)))
+    // Collected first: a lazily mapped iterator makes the future non-`Send` for rustc.
+    let fetches: Vec<_> = res
+        .layers
+        .iter()
+        .map(|l| fetch_layer(inner, &res, l, &name))
+        .collect();
+    futures_util::stream::iter(fetches)
         .buffer_unordered(limit)
         .try_collect::<Vec<()>>()
         .await?;
@@ -850,7 +979,9 @@ mod tests {
 
     #[test]
     fn challenge_parsing() {
-        let p = parse_challenge(r#"Bearer realm="https://auth.example/token",service="registry.example",scope="a:b:pull""#);
+        let p = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="a:b:pull""#,
+        );
         assert_eq!(p[0], ("realm".into(), "https://auth.example/token".into()));
         assert_eq!(p[1], ("service".into(), "registry.example".into()));
         assert_eq!(p[2], ("scope".into(), "a:b:pull".into()));

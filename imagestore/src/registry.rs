@@ -52,10 +52,19 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("username", &self.username)
-            .field("password", &(!self.password.is_empty()).then_some("<redacted>"))
+            .field(
+                "password",
+                &(!self.password.is_empty()).then_some("<redacted>"),
+            )
             .field("auth", &(!self.auth.is_empty()).then_some("<redacted>"))
-            .field("identity_token", &(!self.identity_token.is_empty()).then_some("<redacted>"))
-            .field("registry_token", &(!self.registry_token.is_empty()).then_some("<redacted>"))
+            .field(
+                "identity_token",
+                &(!self.identity_token.is_empty()).then_some("<redacted>"),
+            )
+            .field(
+                "registry_token",
+                &(!self.registry_token.is_empty()).then_some("<redacted>"),
+            )
             .finish()
     }
 }
@@ -100,7 +109,9 @@ impl std::fmt::Debug for Auth {
             Auth::Anonymous => f.write_str("Anonymous"),
             Auth::Basic(u, _) => write!(f, "Basic({u:?}, <redacted>)"),
             Auth::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-            Auth::IdentityToken { username, .. } => write!(f, "IdentityToken({username:?}, <redacted>)"),
+            Auth::IdentityToken { username, .. } => {
+                write!(f, "IdentityToken({username:?}, <redacted>)")
+            }
         }
     }
 }
@@ -109,7 +120,11 @@ impl Auth {
     /// Picks the credentials of a pull: the request's own, else the configured host's.
     /// Precedence inside one set follows containerd: registry token, identity token,
     /// username/password, then `auth`.
-    pub fn resolve(request: Option<&Credentials>, host: Option<&HostConfig>, registry: &str) -> crate::Result<Auth> {
+    pub fn resolve(
+        request: Option<&Credentials>,
+        host: Option<&HostConfig>,
+        registry: &str,
+    ) -> crate::Result<Auth> {
         let from_host = host.map(Credentials::from_host);
         let creds = match request {
             Some(c) if !c.is_empty() => c,
@@ -181,10 +196,16 @@ impl RegistriesConfig {
             } else if let Some(rest) = m.strip_prefix("https://") {
                 (false, rest)
             } else {
-                (self.hosts.get(m.as_str()).is_some_and(|h| h.plain_http), m.as_str())
+                (
+                    self.hosts.get(m.as_str()).is_some_and(|h| h.plain_http),
+                    m.as_str(),
+                )
             };
             let name = name.trim_end_matches('/').to_string();
-            let insecure = self.hosts.get(&name).is_some_and(|h| h.insecure_skip_verify);
+            let insecure = self
+                .hosts
+                .get(&name)
+                .is_some_and(|h| h.insecure_skip_verify);
             out.push(Endpoint {
                 host: name,
                 plain_http: plain,
@@ -252,12 +273,21 @@ mod tests {
             username: "u".into(),
             ..Default::default()
         };
-        assert_eq!(Auth::resolve(Some(&tok), Some(&host), "r").expect("auth"), Auth::Bearer("t".into()));
+        assert_eq!(
+            Auth::resolve(Some(&tok), Some(&host), "r").expect("auth"),
+            Auth::Bearer("t".into())
+        );
         let bad = Credentials {
             auth: "!!".into(),
             ..Default::default()
         };
-        assert!(matches!(Auth::resolve(Some(&bad), None, "r"), Err(Error::Unauthorized { .. })));
-        assert_eq!(Auth::resolve(None, None, "r").expect("auth"), Auth::Anonymous);
+        assert!(matches!(
+            Auth::resolve(Some(&bad), None, "r"),
+            Err(Error::Unauthorized { .. })
+        ));
+        assert_eq!(
+            Auth::resolve(None, None, "r").expect("auth"),
+            Auth::Anonymous
+        );
     }
 }

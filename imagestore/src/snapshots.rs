@@ -60,7 +60,11 @@ impl Snapshots {
     pub fn empty_trash(&self) -> Result<()> {
         for entry in fs::read_dir(&self.root).map_err(|e| Error::io("read", &self.root, e))? {
             let entry = entry.map_err(|e| Error::io("read", &self.root, e))?;
-            if entry.file_name().to_string_lossy().starts_with(TRASH_PREFIX) {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(TRASH_PREFIX)
+            {
                 let p = entry.path();
                 fs::remove_dir_all(&p).map_err(|e| Error::io("remove", &p, e))?;
             }

@@ -153,7 +153,10 @@ impl Inner {
         let (blobs_removed, snapshots_removed) = {
             let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
             let images = self.meta.images()?;
-            let blobs: HashSet<&str> = images.iter().flat_map(|i| i.blobs.iter().map(String::as_str)).collect();
+            let blobs: HashSet<&str> = images
+                .iter()
+                .flat_map(|i| i.blobs.iter().map(String::as_str))
+                .collect();
             let chains: HashSet<&str> = images
                 .iter()
                 .flat_map(|i| i.chain_ids.iter().map(String::as_str))
@@ -172,7 +175,10 @@ impl Inner {
             }
             let mut blobs_removed = 0;
             for d in self.content.list()? {
-                if !blobs.contains(d.as_str()) && !leases.contains_key(&d) && self.content.delete(&d)? {
+                if !blobs.contains(d.as_str())
+                    && !leases.contains_key(&d)
+                    && self.content.delete(&d)?
+                {
                     blobs_removed += 1;
                 }
             }
@@ -198,7 +204,11 @@ impl ImageStore {
         let snapshots = Snapshots::open(&config.root)?;
         let meta = Metadata::open(&config.root.join("meta.redb"))?;
         let temp = content.clean_ingest()?;
-        let known: HashSet<u64> = meta.snapshots()?.into_iter().map(|(_, r)| r.number).collect();
+        let known: HashSet<u64> = meta
+            .snapshots()?
+            .into_iter()
+            .map(|(_, r)| r.number)
+            .collect();
         let swept = snapshots.sweep(&known)?;
         let inner = Arc::new(Inner {
             config,
@@ -211,7 +221,13 @@ impl ImageStore {
         });
         let (blobs, snaps) = inner.collect_garbage()?;
         if temp + swept + blobs + snaps > 0 {
-            info!(temp_files = temp, partial_snapshots = swept, blobs, snapshots = snaps, "cleaned up after an interrupted run");
+            info!(
+                temp_files = temp,
+                partial_snapshots = swept,
+                blobs,
+                snapshots = snaps,
+                "cleaned up after an interrupted run"
+            );
         }
         Ok(ImageStore { inner })
     }
@@ -224,7 +240,11 @@ impl ImageStore {
     /// Pulls `reference` (any form `Reference::parse` accepts) and returns the recorded image.
     /// Concurrent pulls of one reference wait for each other, so the second finds every blob
     /// and snapshot in place and downloads nothing again.
-    pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<ImageRecord> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<ImageRecord> {
         let r = Reference::parse(reference)?;
         let _guard = self.inner.pull_locks.lock(&r.to_string()).await;
         crate::pull::pull(&self.inner, &r, credentials.as_ref()).await
@@ -254,7 +274,11 @@ impl ImageStore {
                 _ => r.tagged().unwrap_or_else(|| r.to_string()),
             };
             if let Some(id) = self.inner.meta.image_id_for_name(&name)? {
-                return Ok(self.inner.meta.image(&id)?.map(|rec| (rec, Some(r.clone()))));
+                return Ok(self
+                    .inner
+                    .meta
+                    .image(&id)?
+                    .map(|rec| (rec, Some(r.clone()))));
             }
             if r.digest().is_some() {
                 // `repo@digest` also finds an image pulled by tag whose manifest is that digest.
@@ -265,8 +289,12 @@ impl ImageStore {
                         .repo_tags
                         .iter()
                         .chain(rec.repo_digests.iter())
-                        .any(|n| n.starts_with(&format!("{repo}:")) || n.starts_with(&format!("{repo}@")));
-                    if names_repo && (rec.manifest_digest == d || rec.index_digest.as_deref() == Some(d)) {
+                        .any(|n| {
+                            n.starts_with(&format!("{repo}:")) || n.starts_with(&format!("{repo}@"))
+                        });
+                    if names_repo
+                        && (rec.manifest_digest == d || rec.index_digest.as_deref() == Some(d))
+                    {
                         return Ok(Some((rec, Some(r.clone()))));
                     }
                 }
@@ -274,13 +302,20 @@ impl ImageStore {
         }
         // A hex id prefix, as people type them.
         let hex = s.strip_prefix("sha256:").unwrap_or(s);
-        if hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if hex.len() >= 4
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
             let matches: Vec<ImageRecord> = self
                 .inner
                 .meta
                 .images()?
                 .into_iter()
-                .filter(|i| i.id.strip_prefix("sha256:").is_some_and(|h| h.starts_with(hex)))
+                .filter(|i| {
+                    i.id.strip_prefix("sha256:")
+                        .is_some_and(|h| h.starts_with(hex))
+                })
                 .collect();
             match matches.len() {
                 0 => {}
@@ -325,7 +360,9 @@ impl ImageStore {
                     .repo_tags
                     .iter()
                     .chain(rec.repo_digests.iter())
-                    .filter(|n| n.starts_with(&format!("{repo}:")) || n.starts_with(&format!("{repo}@")))
+                    .filter(|n| {
+                        n.starts_with(&format!("{repo}:")) || n.starts_with(&format!("{repo}@"))
+                    })
                     .cloned()
                     .collect();
                 self.inner.meta.remove_names(&rec.id, &names, false)?;

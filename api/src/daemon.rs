@@ -1,0 +1,457 @@
+//! The daemon's life: directories, the state lock, the image store, the CRI socket, serving,
+//! and a clean shutdown on SIGTERM/SIGINT.
+
+use std::fs::{DirBuilder, Permissions};
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bungeo_imagestore::{ImageStore, StoreConfig};
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+use tracing::{info, warn};
+
+use crate::config::{CgroupDriver, Config};
+use crate::errors::{Error, Result};
+use crate::image_service::CriImageService;
+use crate::listener::CriSocket;
+use crate::runtime_service::CriRuntimeService;
+use crate::state_lock::StateLock;
+
+/// Mode of the root directory: traversable, so container rootfs paths under it resolve for
+/// container users, but not listable.
+pub const ROOT_DIR_MODE: u32 = 0o711;
+/// Mode of the state directory: sockets and the lock are root's alone.
+pub const STATE_DIR_MODE: u32 = 0o700;
+/// How long in-flight calls may run on after a shutdown signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long cancelled work may take to let go of the store once the grace period is over.
+const CLEANUP_GRACE: Duration = Duration::from_secs(3);
+
+/// A daemon that holds its lock, its store and its socket, ready to serve.
+pub struct Daemon {
+    config: Arc<Config>,
+    lock: StateLock,
+    store: Arc<ImageStore>,
+    socket: CriSocket,
+    listener: UnixListener,
+    /// How long in-flight calls may run on after shutdown is asked for.
+    pub shutdown_grace: Duration,
+}
+
+impl Daemon {
+    /// Creates the directories, takes the state lock, opens the image store and binds the
+    /// socket. Fails, touching nothing of a running daemon, when another holds the state dir.
+    pub async fn start(config: Config) -> Result<Daemon> {
+        config.validate()?;
+        create_dir(&config.root, ROOT_DIR_MODE)?;
+        create_dir(&config.state, STATE_DIR_MODE)?;
+        let lock = StateLock::acquire(&config.state)?;
+        if config.cgroup_driver == CgroupDriver::Systemd
+            && !Path::new("/run/systemd/system").exists()
+        {
+            warn!(
+                "cgroup_driver is \"systemd\" but systemd is not running on this host; containers will not start until it is, or until cgroup_driver is \"cgroupfs\""
+            );
+        }
+        let store = open_store(&config).await?;
+        let (socket, listener) = CriSocket::bind(&config.listen)?;
+        info!(
+            listen = %config.listen.display(),
+            root = %config.root.display(),
+            state = %config.state.display(),
+            version = env!("CARGO_PKG_VERSION"),
+            "bungeo is serving CRI"
+        );
+        Ok(Daemon {
+            config: Arc::new(config),
+            lock,
+            store: Arc::new(store),
+            socket,
+            listener,
+            shutdown_grace: SHUTDOWN_GRACE,
+        })
+    }
+
+    /// The socket path clients connect to.
+    pub fn socket_path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// Serves until `shutdown` completes (or the server fails), then lets in-flight calls
+    /// finish for up to `shutdown_grace`, cancels pulls, closes the store, removes the socket
+    /// and releases the lock.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let Daemon {
+            config,
+            lock,
+            store,
+            socket,
+            listener,
+            shutdown_grace,
+        } = self;
+        let images = CriImageService::new(Arc::clone(&store));
+        let pulls = images.pulls();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config)))
+            .add_service(ImageServiceServer::new(images))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                // A dropped sender also means stop.
+                let _ = stop_rx.await;
+            });
+        let mut server = tokio::spawn(server);
+
+        let stopped_early = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown => None,
+        };
+        let served = match stopped_early {
+            Some(result) => server_result(result),
+            None => {
+                info!(grace = ?shutdown_grace, "shutting down: finishing in-flight calls");
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(shutdown_grace, &mut server).await {
+                    Ok(result) => server_result(result),
+                    Err(_) => {
+                        // Cancelled pulls answer their clients with CANCELLED, which beats a
+                        // connection that just drops; give those answers a moment to go out.
+                        warn!(
+                            "in-flight calls did not finish within {shutdown_grace:?}; cancelling them"
+                        );
+                        pulls.cancel();
+                        match tokio::time::timeout(CLEANUP_GRACE, &mut server).await {
+                            Ok(result) => server_result(result),
+                            Err(_) => {
+                                server.abort();
+                                Ok(())
+                            }
+                        }
+                    }
+                }
+            }
+        };
+
+        // The lock must outlive every user of the store: a next daemon may start the moment
+        // it is released, and clean up what it believes to be leftovers.
+        let deadline = Instant::now() + CLEANUP_GRACE;
+        if tokio::time::timeout(CLEANUP_GRACE, pulls.cancel_and_wait())
+            .await
+            .is_err()
+        {
+            warn!("pulls did not stop within {CLEANUP_GRACE:?} of being cancelled");
+        }
+        close_store(store, deadline).await;
+        let removed = socket.remove();
+        let released = lock.release();
+        info!("bungeo stopped");
+        served.and(removed).and(released)
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    // Registered before start so a signal during a long store open is not fatal mid-way.
+    let shutdown = shutdown_signal()?;
+    let daemon = Daemon::start(config).await?;
+    daemon.serve(shutdown).await
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+pub fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::io("install SIGTERM handler", "signal", e))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::io("install SIGINT handler", "signal", e))?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = name, "shutdown requested");
+    })
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| Error::io("create directory", path, e))?;
+    // An existing directory, or the umask, may have left another mode.
+    std::fs::set_permissions(path, Permissions::from_mode(mode))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
+async fn open_store(config: &Config) -> Result<ImageStore> {
+    let store_config = StoreConfig {
+        root: config.root.clone(),
+        max_concurrent_downloads: config.image.max_concurrent_downloads,
+        registries: config.registries.clone(),
+    };
+    tokio::task::spawn_blocking(move || ImageStore::open(store_config))
+        .await
+        .map_err(|e| Error::Task {
+            task: "open image store",
+            message: e.to_string(),
+        })?
+        .map_err(Error::from)
+}
+
+/// Drops the last reference to the store (closing its database) once the blocking calls
+/// still holding it return, waiting no later than `deadline`.
+async fn close_store(mut store: Arc<ImageStore>, deadline: Instant) {
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => {
+                tokio::task::spawn_blocking(move || drop(store)).await.ok();
+                return;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                warn!("the image store is still in use by a blocking call; exiting anyway");
+                return;
+            }
+        }
+    }
+}
+
+fn server_result(
+    joined: std::result::Result<
+        std::result::Result<(), tonic::transport::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Result<()> {
+    match joined {
+        Ok(served) => served.map_err(Error::from),
+        Err(e) => Err(Error::Task {
+            task: "gRPC server",
+            message: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    use hyper_util::rt::TokioIo;
+    use k8s_cri::v1 as cri;
+    use k8s_cri::v1::image_service_client::ImageServiceClient;
+    use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+    use tokio::net::UnixStream;
+    use tonic::Code;
+    use tonic::transport::{Channel, Endpoint, Uri};
+
+    use super::*;
+    use crate::state_lock::LOCK_FILE;
+
+    fn test_config(dir: &Path) -> Config {
+        Config {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            listen: dir.join("state/bungeo.sock"),
+            ..Config::default()
+        }
+    }
+
+    async fn connect(path: PathBuf) -> Channel {
+        // The URI is required by the API but unused: the connector dials the socket.
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            }))
+            .await
+            .unwrap()
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serves_cri_over_the_socket_and_cleans_up_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = test_config(dir.path());
+        let daemon = Daemon::start(config.clone()).await.unwrap();
+        let socket = daemon.socket_path().to_owned();
+        assert_eq!(socket, config.listen);
+        assert_eq!(mode(&config.root), ROOT_DIR_MODE);
+        assert_eq!(mode(&config.state), STATE_DIR_MODE);
+        assert!(std::fs::metadata(&socket).unwrap().file_type().is_socket());
+        assert_eq!(mode(&socket), 0o660);
+        let pid = std::fs::read_to_string(config.state.join(LOCK_FILE)).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+
+        let Err(err) = Daemon::start(config.clone()).await else {
+            panic!("a second daemon on the same state dir must not start");
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "another bungeo is already running with state dir {} (pid {})",
+                config.state.display(),
+                std::process::id()
+            )
+        );
+        // The refused instance must not have taken the running one's socket away.
+        assert!(socket.exists());
+
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(daemon.serve(async {
+            let _ = stopped.await;
+        }));
+        let channel = connect(socket.clone()).await;
+        let mut runtime = RuntimeServiceClient::new(channel.clone());
+
+        let version = runtime
+            .version(cri::VersionRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(version.runtime_name, "bungeo");
+        assert_eq!(version.runtime_api_version, "v1");
+
+        let status = runtime
+            .status(cri::StatusRequest { verbose: true })
+            .await
+            .unwrap()
+            .into_inner();
+        let conditions = status.status.unwrap().conditions;
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.r#type == "RuntimeReady" && c.status)
+        );
+        assert!(conditions.iter().any(|c| c.r#type == "NetworkReady"
+            && !c.status
+            && c.reason == "NetworkPluginNotReady"));
+        let effective: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
+        assert_eq!(effective["listen"], config.listen.to_str().unwrap());
+
+        let runtime_config = runtime
+            .runtime_config(cri::RuntimeConfigRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            runtime_config.linux.unwrap().cgroup_driver(),
+            cri::CgroupDriver::Cgroupfs
+        );
+
+        let err = runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+        assert_eq!(
+            err.message(),
+            "RuntimeService.ListContainers is not implemented by bungeo yet"
+        );
+        let err = runtime
+            .get_container_events(cri::GetEventsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented);
+
+        // The image service answers on the same socket; these calls need no registry.
+        let mut images = ImageServiceClient::new(channel);
+        let listed = images
+            .list_images(cri::ListImagesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.images.is_empty());
+        let absent = images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: "busybox".to_owned(),
+                    ..Default::default()
+                }),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(absent.image, None);
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: "busybox".to_owned(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        let err = images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec {
+                    image: "Not A/Reference!".to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("Not A/Reference!"),
+            "{}",
+            err.message()
+        );
+        let fs = images
+            .image_fs_info(cri::ImageFsInfoRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fs.image_filesystems.len(), 1);
+        assert!(fs.image_filesystems[0].fs_id.is_some());
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(!socket.exists(), "the socket must be removed at shutdown");
+        let lock = StateLock::acquire(&config.state).unwrap();
+        drop(lock);
+    }
+
+    #[tokio::test]
+    async fn invalid_config_is_refused_before_anything_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        config.image.max_concurrent_downloads = 0;
+        let Err(err) = Daemon::start(config.clone()).await else {
+            panic!("an invalid config must not start");
+        };
+        assert!(
+            err.to_string().contains("max_concurrent_downloads"),
+            "{err}"
+        );
+        assert!(!config.root.exists() && !config.state.exists());
+    }
+
+    #[tokio::test]
+    async fn existing_directories_get_their_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, Permissions::from_mode(0o755)).unwrap();
+        create_dir(&path, STATE_DIR_MODE).unwrap();
+        assert_eq!(mode(&path), STATE_DIR_MODE);
+    }
+}
