@@ -954,7 +954,10 @@ pub(crate) async fn pull(
         annotations: res.annotations.clone(),
     };
     let mut names = Vec::new();
-    if let Some(t) = r.tagged() {
+    // `name:tag@digest` pins the digest: like containerd and docker, the tag is not recorded.
+    if r.digest().is_none()
+        && let Some(t) = r.tagged()
+    {
         names.push(t);
     }
     names.push(r.digested(&res.top_digest));

@@ -350,7 +350,7 @@ impl ImageStore {
             None => {
                 self.inner.meta.remove_names(&rec.id, &[], true)?;
             }
-            Some(r) if r.tag().is_some() => {
+            Some(r) if r.tag().is_some() && r.digest().is_none() => {
                 let names: Vec<String> = r.tagged().into_iter().collect();
                 self.inner.meta.remove_names(&rec.id, &names, false)?;
             }

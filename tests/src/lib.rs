@@ -1,1 +1,15 @@
-//! e2e
+//! The bungeo end-to-end harness: real registries loaded with test images built from
+//! busybox-static, the daemons under test (bungeo and containerd as the reference), a CRI
+//! client, and a runner for differential suites.
+
+pub mod bungeo;
+pub mod containerd;
+pub mod cri;
+pub mod fakeregistry;
+pub mod images;
+pub mod layer;
+pub mod mounts;
+pub mod process;
+pub mod registry;
+pub mod registryhosts;
+pub mod suite;

@@ -1,0 +1,166 @@
+//! The bungeo daemon under test, in its own root, state and socket, with restart and crash.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tempfile::TempDir;
+
+use crate::cri::Cri;
+use crate::mounts::unmount_under;
+use crate::process::{Process, STOP_GRACE};
+use crate::registryhosts::RegistryHosts;
+
+/// The daemon binary: `BUNGEO_BIN`, else `bungeo` in the cargo profile directory this test
+/// binary was built into (`target/<profile>/deps/..`), else `<workspace>/target/debug/bungeo`.
+pub fn bungeo_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("BUNGEO_BIN") {
+        return PathBuf::from(bin);
+    }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent()
+        } else {
+            Some(dir)
+        };
+        if let Some(candidate) = profile_dir.map(|d| d.join("bungeo"))
+            && candidate.is_file()
+        {
+            return candidate;
+        }
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bungeo")
+}
+
+/// A running bungeo daemon; SIGTERM, unmount and removal of its directories on drop.
+#[derive(Debug)]
+pub struct Bungeo {
+    process: Option<Process>,
+    bin: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    socket: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Bungeo {
+    /// Starts bungeo reaching `hosts` over plain HTTP and waits for its CRI Version.
+    pub async fn start(hosts: &RegistryHosts) -> Result<Self> {
+        Self::start_with_config(&hosts.bungeo_toml()).await
+    }
+
+    /// Starts bungeo with this config file text.
+    pub async fn start_with_config(config: &str) -> Result<Self> {
+        let bin = bungeo_binary();
+        anyhow::ensure!(
+            bin.is_file(),
+            "bungeo binary not found at {} (run `cargo build --workspace --bins` or set BUNGEO_BIN)",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("bungeo-daemon-")
+            .tempdir()
+            .context("create bungeo dir")?;
+        let base = dir.path();
+        let config_path = base.join("config.toml");
+        std::fs::write(&config_path, config).context("write bungeo config")?;
+        let mut this = Self {
+            process: None,
+            bin,
+            root: base.join("root"),
+            state: base.join("state"),
+            socket: base.join("bungeo.sock"),
+            config: config_path,
+            log: base.join("bungeo.log"),
+            dir,
+        };
+        this.spawn().await?;
+        Ok(this)
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        anyhow::ensure!(self.process.is_none(), "bungeo is already running");
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--listen")
+            .arg(&self.socket)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--log-level")
+            // Our crates in detail; h2 and hyper at debug would drown them.
+            .arg("bungeo_api=debug,bungeo_imagestore=debug,info");
+        let mut process = Process::spawn("bungeo", cmd, &self.log, &self.log)?;
+        let ready = Cri::wait_ready(&self.socket, Duration::from_secs(30), || {
+            process.ensure_running()
+        })
+        .await;
+        self.process = Some(process);
+        ready.map(drop)
+    }
+
+    /// SIGKILL: the daemon dies mid-whatever, leaving its files as a crash would.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut p = self.process.take().context("bungeo is not running")?;
+        p.kill9()?;
+        Ok(())
+    }
+
+    /// Stops (SIGTERM) the daemon if it runs, then starts it again on the same directories.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut p) = self.process.take() {
+            p.stop(STOP_GRACE)?;
+        }
+        self.spawn().await
+    }
+
+    /// The CRI socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `--root`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `--state`.
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// The config file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
+    /// The daemon's log (stderr and stdout).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::tail(&self.log, lines)
+    }
+}
+
+impl Drop for Bungeo {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take()
+            && let Err(err) = p.stop(STOP_GRACE)
+        {
+            eprintln!("stopping bungeo: {err:#}");
+        }
+        if let Err(err) = unmount_under(self.dir.path()) {
+            eprintln!("unmounting below {}: {err:#}", self.dir.path().display());
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Debian's containerd as the reference daemon, in its own directories with its own socket.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tempfile::TempDir;
+
+use crate::cri::Cri;
+use crate::mounts::unmount_under;
+use crate::process::{Process, STOP_GRACE};
+use crate::registryhosts::{RegistryHosts, toml_string};
+
+/// The containerd binary; `BUNGEO_CONTAINERD` overrides it.
+pub fn containerd_binary() -> PathBuf {
+    std::env::var_os("BUNGEO_CONTAINERD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/containerd"))
+}
+
+/// A running containerd; stopped, unmounted and removed on drop.
+#[derive(Debug)]
+pub struct Containerd {
+    process: Option<Process>,
+    socket: PathBuf,
+    root: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+    dir: TempDir,
+}
+
+impl Containerd {
+    /// Starts containerd with the CRI plugin, reaching `hosts` over plain HTTP, and waits
+    /// until its CRI Version call answers.
+    pub async fn start(hosts: &RegistryHosts) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("bungeo-containerd-")
+            .tempdir()
+            .context("create containerd dir")?;
+        let base = dir.path();
+        let root = base.join("root");
+        let state = base.join("state");
+        let certs_d = base.join("certs.d");
+        let cni_conf = base.join("cni");
+        for d in [&root, &state, &certs_d, &cni_conf] {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        hosts.write_containerd_certs_d(&certs_d)?;
+        let socket = base.join("containerd.sock");
+        let config = config_toml(&root, &state, &socket, &certs_d, &cni_conf, base);
+        let config_path = base.join("config.toml");
+        std::fs::write(&config_path, config).context("write containerd config")?;
+        let log = base.join("containerd.log");
+        let mut cmd = Command::new(containerd_binary());
+        cmd.arg("--config")
+            .arg(&config_path)
+            .arg("--root")
+            .arg(&root)
+            .arg("--state")
+            .arg(&state)
+            .arg("--address")
+            .arg(&socket)
+            .arg("--log-level")
+            .arg("info");
+        let process = Process::spawn("containerd", cmd, &log, &log)?;
+        let mut this = Self {
+            process: Some(process),
+            socket,
+            root,
+            state,
+            log,
+            dir,
+        };
+        this.wait_ready().await?;
+        Ok(this)
+    }
+
+    async fn wait_ready(&mut self) -> Result<Cri> {
+        let process = self.process.as_mut().context("containerd is not running")?;
+        Cri::wait_ready(&self.socket, Duration::from_secs(60), || {
+            process.ensure_running()
+        })
+        .await
+    }
+
+    /// The gRPC socket, which serves CRI too.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// containerd's `--root`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// containerd's `--state`.
+    pub fn state(&self) -> &Path {
+        &self.state
+    }
+
+    /// containerd's log file.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last lines of containerd's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        crate::process::tail(&self.log, lines)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take()
+            && let Err(err) = p.stop(STOP_GRACE)
+        {
+            eprintln!("stopping containerd: {err:#}");
+        }
+        if let Err(err) = unmount_under(self.dir.path()) {
+            eprintln!("unmounting below {}: {err:#}", self.dir.path().display());
+        }
+    }
+}
+
+/// containerd's config (version 2): CRI on, oom_score_adj restricted (no CAP_SYS_RESOURCE
+/// here), cgroupfs for runc, registries from `certs_d`, and nothing written outside `base`.
+fn config_toml(
+    root: &Path,
+    state: &Path,
+    socket: &Path,
+    certs_d: &Path,
+    cni_conf: &Path,
+    base: &Path,
+) -> String {
+    let s = |p: &Path| toml_string(&p.to_string_lossy());
+    format!(
+        r#"version = 2
+root = {root}
+state = {state}
+# Snapshotters that cannot work here only slow the start and fill the log.
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.internal.v1.tracing",
+]
+
+[grpc]
+  address = {socket}
+
+[ttrpc]
+  address = {ttrpc}
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "overlayfs"
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  SystemdCgroup = false
+
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "/usr/lib/cni"
+  conf_dir = {cni}
+
+[plugins."io.containerd.grpc.v1.cri".registry]
+  config_path = {certs}
+"#,
+        root = s(root),
+        state = s(state),
+        socket = s(socket),
+        ttrpc = s(&socket.with_extension("sock.ttrpc")),
+        opt = s(&base.join("opt")),
+        cni = s(cni_conf),
+        certs = s(certs_d),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_points_everything_into_the_temp_dir() {
+        let base = Path::new("/tmp/x");
+        let text = config_toml(
+            &base.join("root"),
+            &base.join("state"),
+            &base.join("c.sock"),
+            &base.join("certs.d"),
+            &base.join("cni"),
+            base,
+        );
+        assert!(text.contains("restrict_oom_score_adj = true"));
+        assert!(text.contains("SystemdCgroup = false"));
+        assert!(text.contains("config_path = \"/tmp/x/certs.d\""));
+        assert!(text.contains("path = \"/tmp/x/opt\""));
+        assert!(text.contains("address = \"/tmp/x/c.sock.ttrpc\""));
+    }
+}
