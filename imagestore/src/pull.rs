@@ -469,7 +469,18 @@ async fn resolve_at(
     let (top, top_digest) = client
         .pull_manifest_raw(&oref, &rauth, ACCEPT)
         .await
-        .map_err(|e| map_oci(name, e))?;
+        .map_err(|e| match (map_oci(name, e), auth) {
+            // oci-client drops the token endpoint's refusal and retries anonymously: say what
+            // actually happened rather than blame credentials that were never sent.
+            (Error::Unauthorized { reference, .. }, Auth::Anonymous) => Error::Unauthorized {
+                reference,
+                message: format!(
+                    "{} asks for credentials and the pull has no credentials (none in the request's AuthConfig, none configured for this host in [registries.hosts])",
+                    endpoint.host
+                ),
+            },
+            (e, _) => e,
+        })?;
     let actual = sha256_digest(&top);
     if let Some(want) = r.digest()
         && want != actual

@@ -1,8 +1,8 @@
 //! The bungeo daemon under test, in its own root, state and socket, with restart and crash.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tempfile::TempDir;
@@ -111,6 +111,36 @@ impl Bungeo {
         let mut p = self.process.take().context("bungeo is not running")?;
         p.kill9()?;
         Ok(())
+    }
+
+    /// SIGTERM, then how the daemon exited (killed if it outlasts [`STOP_GRACE`]).
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut p = self.process.take().context("bungeo is not running")?;
+        p.stop(STOP_GRACE)?
+            .context("bungeo had already been reaped")
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself (after a signal the test sent);
+    /// how it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let p = self.process.as_mut().context("bungeo is not running")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = p.exited()? {
+                self.process = None;
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "bungeo still runs {timeout:?} later"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(Process::pid)
     }
 
     /// Stops (SIGTERM) the daemon if it runs, then starts it again on the same directories.

@@ -11,7 +11,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     AuthConfig, Image, ImageFilter, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec,
     ImageStatusRequest, ImageStatusResponse, ListImagesRequest, PullImageRequest,
-    RemoveImageRequest, VersionRequest, VersionResponse,
+    RemoveImageRequest, RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest, StatusResponse,
+    VersionRequest, VersionResponse,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -66,6 +67,24 @@ impl Cri {
             .version(VersionRequest {
                 version: "v1".into(),
             })
+            .await?
+            .into_inner())
+    }
+
+    /// `RuntimeService.Status`.
+    pub async fn status(&mut self, verbose: bool) -> Result<StatusResponse, tonic::Status> {
+        Ok(self
+            .runtime
+            .status(StatusRequest { verbose })
+            .await?
+            .into_inner())
+    }
+
+    /// `RuntimeService.RuntimeConfig`.
+    pub async fn runtime_config(&mut self) -> Result<RuntimeConfigResponse, tonic::Status> {
+        Ok(self
+            .runtime
+            .runtime_config(RuntimeConfigRequest {})
             .await?
             .into_inner())
     }

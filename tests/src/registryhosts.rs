@@ -14,6 +14,10 @@ pub struct RegistryHosts {
     pub plain_http: Vec<String>,
     /// Upstream host (`docker.io`) → plain-HTTP mirror hosts tried first.
     pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Host → (user name, password) written into bungeo's config. containerd's `hosts.toml`
+    /// has no credentials (its CRI plugin takes them from `registry.configs`), so its files
+    /// leave them out.
+    pub credentials: BTreeMap<String, (String, String)>,
 }
 
 impl RegistryHosts {
@@ -44,6 +48,9 @@ impl RegistryHosts {
         for host in &self.plain_http {
             hosts.entry(host).or_default().0 = true;
         }
+        for host in self.credentials.keys() {
+            hosts.entry(host).or_default();
+        }
         for (upstream, mirrors) in &self.mirrors {
             hosts
                 .entry(upstream)
@@ -61,6 +68,10 @@ impl RegistryHosts {
             if !mirrors.is_empty() {
                 let list: Vec<String> = mirrors.iter().map(|m| toml_string(m)).collect();
                 let _ = writeln!(out, "mirrors = [{}]", list.join(", "));
+            }
+            if let Some((user, password)) = self.credentials.get(host) {
+                let _ = writeln!(out, "username = {}", toml_string(user));
+                let _ = writeln!(out, "password = {}", toml_string(password));
             }
             out.push('\n');
         }
@@ -109,6 +120,7 @@ mod tests {
         RegistryHosts {
             plain_http: vec!["127.0.0.1:5000".into()],
             mirrors: BTreeMap::from([("docker.io".into(), vec!["127.0.0.1:5000".into()])]),
+            credentials: BTreeMap::new(),
         }
     }
 
@@ -118,6 +130,22 @@ mod tests {
         assert_eq!(
             text,
             "[registries.hosts.\"127.0.0.1:5000\"]\nplain_http = true\n\n\
+             [registries.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n\n"
+        );
+    }
+
+    #[test]
+    fn bungeo_config_carries_credentials() {
+        let mut h = hosts();
+        h.credentials
+            .insert("127.0.0.1:5000".into(), ("alice".into(), "pa\"ss".into()));
+        h.credentials
+            .insert("127.0.0.1:6000".into(), ("bob".into(), "pw".into()));
+        assert_eq!(
+            h.bungeo_toml(),
+            "[registries.hosts.\"127.0.0.1:5000\"]\nplain_http = true\n\
+             username = \"alice\"\npassword = \"pa\\\"ss\"\n\n\
+             [registries.hosts.\"127.0.0.1:6000\"]\nusername = \"bob\"\npassword = \"pw\"\n\n\
              [registries.hosts.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n\n"
         );
     }

@@ -13,7 +13,7 @@ use tokio::runtime::Runtime;
 use crate::bungeo::Bungeo;
 use crate::containerd::Containerd;
 use crate::cri::{Cri, Target};
-use crate::fakeregistry::FakeRegistry;
+use crate::fakeregistry::{FakeRegistry, TokenAuth};
 use crate::images::{
     self, Catalog, FAKE_REGISTRY_IMAGES, Image, ImageName, PLAIN, Pusher, REGISTRY_IMAGES,
 };
@@ -24,6 +24,9 @@ use crate::registryhosts::RegistryHosts;
 pub const AUTH_USER: &str = "bungeo-test";
 /// Password the auth registry accepts.
 pub const AUTH_PASSWORD: &str = "correct horse battery staple";
+/// The refresh token (CRI identity token) the token registry's endpoint accepts; its user
+/// and password are [`AUTH_USER`] and [`AUTH_PASSWORD`].
+pub const REFRESH_TOKEN: &str = "bungeo-test-refresh-token";
 /// Repository prefix of the test images in the auth registry (`private/busybox:layers`).
 pub const AUTH_REPO_PREFIX: &str = "private";
 /// How long one check may take.
@@ -77,6 +80,9 @@ pub struct Fixture {
     daemons: Vec<(Target, OnceLock<std::result::Result<Daemon, String>>)>,
     /// Serves what docker-registry will not (schema 1, bad digests, stalled blobs).
     pub fake: FakeRegistry,
+    /// A fake registry in bearer-token mode ([`FakeRegistry::start_with_tokens`]) with
+    /// [`AUTH_USER`], [`AUTH_PASSWORD`] and [`REFRESH_TOKEN`]; checks publish what they pull.
+    pub token_registry: FakeRegistry,
     /// The anonymous docker-registry with every image of [`REGISTRY_IMAGES`].
     pub registry: Registry,
     /// A docker-registry behind Basic auth, with the images under [`AUTH_REPO_PREFIX`].
@@ -101,7 +107,7 @@ impl Fixture {
         let catalog = Catalog::build(&busybox, false)?;
         let registry = Registry::start()?;
         let auth_registry = Registry::start_with_auth(AUTH_USER, AUTH_PASSWORD)?;
-        let fake = rt.block_on(async {
+        let (fake, token_registry) = rt.block_on(async {
             let pusher = Pusher::new(&registry.host(), None);
             images::push_all(&pusher, &catalog, REGISTRY_IMAGES).await?;
             // Short names resolve to docker.io, which every daemon mirrors to our registry.
@@ -120,15 +126,28 @@ impl Fixture {
             for name in FAKE_REGISTRY_IMAGES {
                 fake.publish(name.repo, name.tag, catalog.get(*name)?);
             }
-            anyhow::Ok(fake)
+            let token_registry = FakeRegistry::start_with_tokens(TokenAuth {
+                username: AUTH_USER.to_string(),
+                password: AUTH_PASSWORD.to_string(),
+                refresh_token: REFRESH_TOKEN.to_string(),
+            })
+            .await?;
+            anyhow::Ok((fake, token_registry))
         })?;
         let hosts = RegistryHosts {
-            plain_http: vec![registry.host(), auth_registry.host(), fake.host()],
+            plain_http: vec![
+                registry.host(),
+                auth_registry.host(),
+                fake.host(),
+                token_registry.host(),
+            ],
             mirrors: [("docker.io".to_string(), vec![registry.host()])].into(),
+            credentials: Default::default(),
         };
         Ok(Self {
             daemons: targets.iter().map(|t| (*t, OnceLock::new())).collect(),
             fake,
+            token_registry,
             registry,
             auth_registry,
             catalog,
