@@ -12,6 +12,7 @@ packages=(
   apache2-utils               # htpasswd, for the registry with Basic auth
   busybox-static              # the test images are built from /bin/busybox
   containerd                  # the reference daemon of the differential suites (brings runc)
+  crun                        # second reference OCI runtime for hack/bench runtime
   containernetworking-plugins # CNI plugins (/usr/lib/cni)
   iptables                    # used by the CNI portmap plugin
   curl

@@ -1,3 +1,16 @@
 //! Container mechanisms for bungeo: OCI runtime spec generation from CRI requests, namespaces,
-//! rootfs and mounts, cgroups, security settings and CNI. The runtime issue builds this crate;
-//! until then it holds nothing, and the daemon answers every container call `UNIMPLEMENTED`.
+//! rootfs and mounts, cgroups and the security settings, and the container lifecycle (create,
+//! start, exec, kill, delete) the shim and the `bungeo-runtime` command line drive.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod container;
+pub mod error;
+pub mod namespaces;
+pub mod process_settings;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod syscall;
+
+pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 //! busybox-static, the daemons under test (bungeo and containerd as the reference), a CRI
 //! client, and a runner for differential suites.
 
+pub mod bundle;
 pub mod bungeo;
 pub mod containerd;
 pub mod cri;

@@ -1,0 +1,936 @@
+//! The container's filesystem view: the overlay rootfs for image snapshots, and everything the
+//! container's init does to its mount namespace before it runs user code: root propagation,
+//! the spec's mounts in order, device nodes, `pivot_root`, masked and read-only paths, and a
+//! read-only root.
+//!
+//! All of it goes through [`Syscall`], so the order and arguments of every call are checked by
+//! unit tests against [`crate::syscall::TestSyscall`].
+
+pub mod devices;
+pub mod mountinfo;
+pub mod options;
+pub mod secure_join;
+
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::MsFlags;
+use oci_spec::runtime::{Mount, Spec};
+
+use crate::syscall::{FileKind, LinuxSyscall, Syscall, describe};
+use crate::{Error, Result};
+
+pub use mountinfo::{CgroupBind, CgroupLayout, cgroup_layout};
+pub use secure_join::secure_join;
+
+/// Mounts an overlay of `lowers` (top first) with `upper` and `work` on `target`.
+///
+/// mount(2) takes at most one page of options, so a long lowerdir list (or a path with `,`
+/// or `:` that the option string cannot carry) goes through the new mount API, one
+/// `lowerdir+` parameter per layer.
+pub fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    mount_overlay_with(&LinuxSyscall, lowers, upper, work, target)
+}
+
+/// [`mount_overlay`] through a given [`Syscall`].
+pub fn mount_overlay_with(
+    sys: &dyn Syscall,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<()> {
+    if lowers.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "overlay on {} needs at least one lower layer",
+            target.display()
+        )));
+    }
+    let mut strs = Vec::with_capacity(lowers.len());
+    for l in lowers {
+        strs.push(path_str(l)?);
+    }
+    let upper_s = path_str(upper)?;
+    let work_s = path_str(work)?;
+    let data = format!(
+        "lowerdir={},upperdir={upper_s},workdir={work_s}",
+        strs.join(":")
+    );
+    let needs_new_api = data.len() >= page_size()
+        || strs
+            .iter()
+            .chain([&upper_s, &work_s])
+            .any(|s| s.contains([',', ':']));
+    if !needs_new_api {
+        return sys.mount(
+            Some(Path::new("overlay")),
+            target,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&data),
+        );
+    }
+    let mut params: Vec<(&str, &str)> = strs.iter().map(|s| ("lowerdir+", s.as_str())).collect();
+    params.push(("upperdir", &upper_s));
+    params.push(("workdir", &work_s));
+    sys.mount_fs_params("overlay", &params, target)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a system constant.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 { p as usize } else { 4096 }
+}
+
+fn path_str(p: &Path) -> Result<String> {
+    p.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| Error::InvalidArgument(format!("path {} is not UTF-8", p.display())))
+}
+
+/// What the init knows about its surroundings when it prepares the rootfs.
+#[derive(Debug, Clone)]
+pub struct RootfsContext {
+    /// Absolute, symlink-free host path of the rootfs.
+    pub rootfs: PathBuf,
+    /// The bundle directory, against which relative bind sources are resolved.
+    pub bundle: PathBuf,
+    /// The cgroups the container's `/sys/fs/cgroup` should show.
+    pub cgroup: CgroupLayout,
+    /// Bind-mount host devices instead of mknod (set when mknod is known not to be allowed,
+    /// e.g. in a user namespace); an EPERM from mknod switches to binding as well.
+    pub bind_devices: bool,
+}
+
+/// Prepares the rootfs before `pivot_root`: root propagation, the rootfs bound onto itself,
+/// the spec's mounts in order, then (unless `/dev` is a bind from the host) the default and
+/// spec devices, `/dev/ptmx` and the `/dev/fd`, stdio symlinks.
+pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, ctx: &RootfsContext) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let prop_str = linux.and_then(|l| l.rootfs_propagation().as_deref());
+    let prop = options::root_propagation(prop_str).ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "unknown linux.rootfsPropagation {:?}",
+            prop_str.unwrap_or("")
+        ))
+    })?;
+    sys.set_propagation(Path::new("/"), prop)?;
+    make_parent_mount_private(sys, &ctx.rootfs)?;
+    sys.bind_mount(&ctx.rootfs, &ctx.rootfs, true)?;
+
+    let mounts: &[Mount] = spec.mounts().as_deref().unwrap_or(&[]);
+    for m in mounts {
+        mount_into_rootfs(sys, ctx, m)?;
+    }
+
+    let dev_is_bind = mounts
+        .iter()
+        .any(|m| lexical_dest(m) == Path::new("/dev") && options::parse(opts(m)).is_bind());
+    if !dev_is_bind {
+        let spec_devices = linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]);
+        devices::create_devices(sys, &ctx.rootfs, spec_devices, ctx.bind_devices)?;
+        devices::setup_ptmx(sys, &ctx.rootfs)?;
+        devices::setup_dev_symlinks(sys, &ctx.rootfs)?;
+    }
+    Ok(())
+}
+
+/// pivot_root into the prepared rootfs (see [`Syscall::pivot_rootfs`]).
+pub fn pivot_root(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
+    sys.pivot_rootfs(rootfs)
+}
+
+/// After `pivot_root`: a read-only root when `root.readonly` is set.
+pub fn finalize_rootfs(sys: &dyn Syscall, spec: &Spec) -> Result<()> {
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        sys.remount_bind(Path::new("/"), MsFlags::MS_RDONLY)
+            .map_err(|e| Error::Child(format!("make the root read-only: {}", describe(&e))))?;
+    }
+    Ok(())
+}
+
+/// Makes each path read-only: bound onto itself, then remounted read-only. Missing paths
+/// are skipped, as runc does.
+pub fn apply_readonly_paths(sys: &dyn Syscall, paths: &[String]) -> Result<()> {
+    for p in paths {
+        let target = secure_join(sys, Path::new("/"), Path::new(p))?;
+        if sys.file_kind(&target, false)?.is_none() {
+            continue;
+        }
+        sys.bind_mount(&target, &target, true)
+            .map_err(|e| Error::Child(format!("readonly path {p}: {}", describe(&e))))?;
+        sys.remount_bind(&target, MsFlags::MS_RDONLY | MsFlags::MS_REC)
+            .map_err(|e| Error::Child(format!("readonly path {p}: {}", describe(&e))))?;
+    }
+    Ok(())
+}
+
+/// Hides each path: `/dev/null` bound over files, an empty read-only tmpfs over directories.
+/// Missing paths are skipped.
+pub fn apply_masked_paths(sys: &dyn Syscall, paths: &[String]) -> Result<()> {
+    for p in paths {
+        let target = secure_join(sys, Path::new("/"), Path::new(p))?;
+        let res = match sys.file_kind(&target, false)? {
+            None => continue,
+            Some(FileKind::Dir) => sys.mount(
+                Some(Path::new("tmpfs")),
+                &target,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            ),
+            Some(_) => sys.bind_mount(Path::new("/dev/null"), &target, false),
+        };
+        res.map_err(|e| Error::Child(format!("masked path {p}: {}", describe(&e))))?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts the container's terminal (`slave`, a path in its devpts) on `/dev/console`.
+pub fn mount_console(sys: &dyn Syscall, slave: &Path) -> Result<()> {
+    let console = Path::new("/dev/console");
+    sys.create_file(console)?;
+    sys.bind_mount(slave, console, false).map_err(|e| {
+        Error::Child(format!(
+            "mount console {} on /dev/console: {}",
+            slave.display(),
+            describe(&e)
+        ))
+    })
+}
+
+fn opts(m: &Mount) -> &[String] {
+    m.options().as_deref().unwrap_or(&[])
+}
+
+/// The destination as given, made absolute, `..` clamped, no symlinks consulted.
+fn lexical_dest(m: &Mount) -> PathBuf {
+    secure_join::lexical_join(Path::new("/"), m.destination())
+}
+
+/// pivot_root refuses a new root whose parent mount is shared; runc makes that one private
+/// (which only matters with `rshared` root propagation).
+fn make_parent_mount_private(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
+    let text = sys.mountinfo()?;
+    let mounts = mountinfo::parse_mountinfo(&text);
+    if let Some(m) = mountinfo::mount_of(&mounts, rootfs)
+        && m.is_shared()
+    {
+        sys.set_propagation(&m.mount_point, MsFlags::MS_PRIVATE)?;
+    }
+    Ok(())
+}
+
+fn mount_err(m: &Mount, e: Error) -> Error {
+    let typ = m.typ().as_deref().unwrap_or("bind");
+    let src = m
+        .source()
+        .as_ref()
+        .map(|s| s.display().to_string())
+        .unwrap_or_else(|| typ.to_string());
+    Error::Child(format!(
+        "mount {src} ({typ}) on {}: {}",
+        m.destination().display(),
+        describe(&e)
+    ))
+}
+
+/// Mounts one spec mount into the rootfs: creates the mount point (a directory, or a file
+/// when a file is bound), mounts, remounts binds that ask for flags (`ro`, `nosuid`, …),
+/// then applies propagation and recursive attributes.
+fn mount_into_rootfs(sys: &dyn Syscall, ctx: &RootfsContext, m: &Mount) -> Result<()> {
+    let o = options::parse(opts(m));
+    let typ = m.typ().as_deref().unwrap_or("");
+    let dest = lexical_dest(m);
+    if dest == Path::new("/") {
+        return Err(mount_err(
+            m,
+            Error::InvalidSpec("a mount on / would hide the rootfs".into()),
+        ));
+    }
+    let target = secure_join(sys, &ctx.rootfs, &dest).map_err(|e| mount_err(m, e))?;
+    if target == ctx.rootfs {
+        return Err(mount_err(
+            m,
+            Error::InvalidSpec(format!(
+                "destination {} resolves to the container's root through a symlink; refusing",
+                m.destination().display()
+            )),
+        ));
+    }
+    // proc and sysfs give the container the kernel's knobs: they must land exactly where
+    // asked, never wherever an image's symlink points.
+    if matches!(typ, "proc" | "sysfs") && target != secure_join::lexical_join(&ctx.rootfs, &dest) {
+        return Err(mount_err(
+            m,
+            Error::InvalidSpec(format!(
+                "destination {} is a symlink in the rootfs (to {}); refusing to mount {typ} there",
+                m.destination().display(),
+                target.display()
+            )),
+        ));
+    }
+    let res = if typ == "cgroup" || typ == "cgroup2" {
+        mount_cgroup(sys, ctx, &target, &o)
+    } else if o.is_bind() {
+        mount_bind(sys, ctx, m, &target, &o)
+    } else {
+        sys.mkdir_all(&target, 0o755)
+            .and_then(|()| mount_fs(sys, m, typ, &target, &o))
+    };
+    res.map_err(|e| mount_err(m, e))?;
+    for p in &o.propagation {
+        sys.set_propagation(&target, *p)
+            .map_err(|e| mount_err(m, e))?;
+    }
+    if o.attr_set != 0 || o.attr_clr != 0 {
+        sys.mount_setattr(&target, true, o.attr_set, o.attr_clr)
+            .map_err(|e| mount_err(m, e))?;
+    }
+    Ok(())
+}
+
+fn mount_fs(
+    sys: &dyn Syscall,
+    m: &Mount,
+    typ: &str,
+    target: &Path,
+    o: &options::MountOptions,
+) -> Result<()> {
+    let source = m.source().as_deref().unwrap_or(Path::new(typ));
+    let res = sys.mount(Some(source), target, Some(typ), o.flags, o.data());
+    match res {
+        // Without its own network namespace (or in a user namespace) a fresh sysfs is not
+        // allowed; the host's, bound read-only as asked, is what runc gives then.
+        Err(Error::Sys {
+            source: Errno::EPERM,
+            ..
+        }) if typ == "sysfs" => {
+            sys.bind_mount(Path::new("/sys"), target, true)?;
+            let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+            if !extra.is_empty() {
+                sys.remount_bind(target, extra)?;
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn mount_bind(
+    sys: &dyn Syscall,
+    ctx: &RootfsContext,
+    m: &Mount,
+    target: &Path,
+    o: &options::MountOptions,
+) -> Result<()> {
+    let src = m.source().as_deref().ok_or_else(|| {
+        Error::InvalidSpec(format!(
+            "bind mount on {} has no source",
+            m.destination().display()
+        ))
+    })?;
+    let src = if src.is_absolute() {
+        src.to_path_buf()
+    } else {
+        ctx.bundle.join(src)
+    };
+    match sys.file_kind(&src, true)? {
+        None => {
+            return Err(Error::InvalidSpec(format!(
+                "bind source {} does not exist",
+                src.display()
+            )));
+        }
+        Some(FileKind::Dir) => sys.mkdir_all(target, 0o755)?,
+        Some(_) => sys.create_file(target)?,
+    }
+    sys.bind_mount(&src, target, o.flags.contains(MsFlags::MS_REC))?;
+    let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+    if !extra.is_empty() {
+        sys.remount_bind(target, extra)?;
+    }
+    Ok(())
+}
+
+/// `/sys/fs/cgroup`: on pure v2 a cgroup2 mount (the container's own cgroup bound instead when
+/// that is not allowed); otherwise, like runc, a tmpfs with the container's own directory of
+/// each v1 hierarchy bound in, the binds and (unlike runc) the tmpfs itself read-only when the
+/// mount asks for it.
+fn mount_cgroup(
+    sys: &dyn Syscall,
+    ctx: &RootfsContext,
+    target: &Path,
+    o: &options::MountOptions,
+) -> Result<()> {
+    sys.mkdir_all(target, 0o755)?;
+    match &ctx.cgroup {
+        CgroupLayout::Unified { own } => {
+            let res = sys.mount(
+                Some(Path::new("cgroup2")),
+                target,
+                Some("cgroup2"),
+                o.flags & !MsFlags::MS_BIND,
+                None,
+            );
+            match res {
+                Err(Error::Sys {
+                    source: Errno::EPERM | Errno::EBUSY,
+                    ..
+                }) => {
+                    sys.bind_mount(own, target, true)?;
+                    sys.remount_bind(target, o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC))
+                }
+                other => other,
+            }
+        }
+        CgroupLayout::Legacy(binds) => {
+            let flags = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+            sys.mount(
+                Some(Path::new("tmpfs")),
+                target,
+                Some("tmpfs"),
+                flags & !MsFlags::MS_RDONLY,
+                Some("mode=755"),
+            )?;
+            for b in binds {
+                let sub = target.join(&b.name);
+                sys.mkdir_all(&sub, 0o755)?;
+                sys.bind_mount(&b.source, &sub, true)?;
+                sys.remount_bind(&sub, flags)?;
+                if b.name.contains(',') {
+                    for part in b.name.split(',') {
+                        let link = target.join(part);
+                        if sys.file_kind(&link, false)?.is_none() {
+                            sys.symlink(Path::new(&b.name), &link)?;
+                        }
+                    }
+                }
+            }
+            // Deliberately stricter than runc 1.1.5, which leaves this tmpfs writable: the spec
+            // asks for `ro` on /sys/fs/cgroup, and a writable tmpfs would let the container's
+            // root (no CAP_SYS_ADMIN needed) shadow hierarchies with directories and files of its
+            // own (a fake `unified`, `hugetlb`, or a controller's name as a plain file), so tools
+            // probing its cgroups could be shown made-up controllers and limits. It becomes
+            // read-only only now because the mount points and symlinks above live in it.
+            if flags.contains(MsFlags::MS_RDONLY) {
+                sys.mount(
+                    Some(Path::new("tmpfs")),
+                    target,
+                    Some("tmpfs"),
+                    flags | MsFlags::MS_REMOUNT,
+                    Some("mode=755"),
+                )?;
+            }
+            Ok(())
+        }
+        CgroupLayout::None => Err(Error::Cgroups(
+            "no cgroup filesystem is mounted under /sys/fs/cgroup on this host".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::test::{Call, CallKind};
+    use crate::syscall::{NodeKind, TestSyscall};
+
+    fn spec(json: serde_json::Value) -> Spec {
+        serde_json::from_value(json).unwrap()
+    }
+
+    fn ctx(cgroup: CgroupLayout) -> RootfsContext {
+        RootfsContext {
+            rootfs: PathBuf::from("/b/rootfs"),
+            bundle: PathBuf::from("/b"),
+            cgroup,
+            bind_devices: false,
+        }
+    }
+
+    fn mount(
+        source: Option<&str>,
+        target: &str,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Call {
+        Call::Mount {
+            source: source.map(PathBuf::from),
+            target: PathBuf::from(target),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        }
+    }
+
+    fn bind(source: &str, target: &str, rec: bool) -> Call {
+        let mut f = MsFlags::MS_BIND;
+        if rec {
+            f |= MsFlags::MS_REC;
+        }
+        mount(Some(source), target, Some("bind"), f, None)
+    }
+
+    fn remount(target: &str, flags: MsFlags) -> Call {
+        mount(
+            None,
+            target,
+            None,
+            flags | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+            None,
+        )
+    }
+
+    fn prop(target: &str, flags: MsFlags) -> Call {
+        mount(None, target, None, flags, None)
+    }
+
+    #[test]
+    fn default_mounts_happen_in_order_with_propagation_first() {
+        let t = TestSyscall::new();
+        t.add_dir("/b/rootfs/bin");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                 "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                 "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+            ]
+        }));
+        let layout = CgroupLayout::Legacy(vec![
+            CgroupBind {
+                name: "cpu,cpuacct".into(),
+                source: "/sys/fs/cgroup/cpu,cpuacct/c1".into(),
+            },
+            CgroupBind {
+                name: "memory".into(),
+                source: "/sys/fs/cgroup/memory/c1".into(),
+            },
+        ]);
+        prepare_rootfs(&t, &s, &ctx(layout)).unwrap();
+        let ro_flags =
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV | MsFlags::MS_RELATIME;
+        let expected = vec![
+            prop("/", MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            bind("/b/rootfs", "/b/rootfs", true),
+            mount(
+                Some("proc"),
+                "/b/rootfs/proc",
+                Some("proc"),
+                MsFlags::empty(),
+                None,
+            ),
+            mount(
+                Some("tmpfs"),
+                "/b/rootfs/dev",
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+                Some("mode=755,size=65536k"),
+            ),
+            mount(
+                Some("devpts"),
+                "/b/rootfs/dev/pts",
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+            ),
+            mount(
+                Some("sysfs"),
+                "/b/rootfs/sys",
+                Some("sysfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV | MsFlags::MS_RDONLY,
+                None,
+            ),
+            mount(
+                Some("tmpfs"),
+                "/b/rootfs/sys/fs/cgroup",
+                Some("tmpfs"),
+                ro_flags,
+                Some("mode=755"),
+            ),
+            bind(
+                "/sys/fs/cgroup/cpu,cpuacct/c1",
+                "/b/rootfs/sys/fs/cgroup/cpu,cpuacct",
+                true,
+            ),
+            remount(
+                "/b/rootfs/sys/fs/cgroup/cpu,cpuacct",
+                ro_flags | MsFlags::MS_RDONLY,
+            ),
+            bind(
+                "/sys/fs/cgroup/memory/c1",
+                "/b/rootfs/sys/fs/cgroup/memory",
+                true,
+            ),
+            remount(
+                "/b/rootfs/sys/fs/cgroup/memory",
+                ro_flags | MsFlags::MS_RDONLY,
+            ),
+            mount(
+                Some("tmpfs"),
+                "/b/rootfs/sys/fs/cgroup",
+                Some("tmpfs"),
+                ro_flags | MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT,
+                Some("mode=755"),
+            ),
+        ];
+        assert_eq!(t.mounts(), expected);
+        // cpu and cpuacct point at the combined hierarchy, like on a stock v1 host.
+        let calls = t.calls();
+        assert!(calls.contains(&Call::Symlink {
+            target: "cpu,cpuacct".into(),
+            link: "/b/rootfs/sys/fs/cgroup/cpu".into()
+        }));
+        // Default devices are created with their numbers and modes, then ptmx and the links.
+        assert!(calls.contains(&Call::Mknod {
+            path: "/b/rootfs/dev/null".into(),
+            kind: NodeKind::Char,
+            perm: 0o666,
+            major: 1,
+            minor: 3
+        }));
+        assert!(calls.contains(&Call::Mknod {
+            path: "/b/rootfs/dev/tty".into(),
+            kind: NodeKind::Char,
+            perm: 0o666,
+            major: 5,
+            minor: 0
+        }));
+        assert!(calls.contains(&Call::Symlink {
+            target: "pts/ptmx".into(),
+            link: "/b/rootfs/dev/ptmx".into()
+        }));
+        assert!(calls.contains(&Call::Symlink {
+            target: "/proc/self/fd".into(),
+            link: "/b/rootfs/dev/fd".into()
+        }));
+        assert!(calls.contains(&Call::Symlink {
+            target: "/proc/self/fd/2".into(),
+            link: "/b/rootfs/dev/stderr".into()
+        }));
+    }
+
+    #[test]
+    fn bind_mounts_remount_for_ro_and_apply_propagation_after() {
+        let t = TestSyscall::new();
+        t.add_dir("/host/data");
+        t.add_file("/host/resolv.conf");
+        t.add_dir("/b/rootfs/etc");
+        t.set_mount_flags("/b/rootfs/data", MsFlags::MS_NOSUID);
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"rootfsPropagation": "rprivate"},
+            "mounts": [
+                {"destination": "/data", "type": "bind", "source": "/host/data",
+                 "options": ["rbind", "ro", "rslave"]},
+                {"destination": "/etc/resolv.conf", "type": "bind", "source": "/host/resolv.conf",
+                 "options": ["bind"]},
+                {"destination": "/rel", "source": "relsrc", "options": ["rbind", "rro"]}
+            ]
+        }));
+        t.add_dir("/b/relsrc");
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        let m = t.mounts();
+        assert_eq!(m[0], prop("/", MsFlags::MS_PRIVATE | MsFlags::MS_REC));
+        assert_eq!(m[2], bind("/host/data", "/b/rootfs/data", true));
+        // The remount keeps the flags the mount already has (nosuid here) and adds ro.
+        assert_eq!(
+            m[3],
+            remount("/b/rootfs/data", MsFlags::MS_NOSUID | MsFlags::MS_RDONLY)
+        );
+        assert_eq!(
+            m[4],
+            prop("/b/rootfs/data", MsFlags::MS_SLAVE | MsFlags::MS_REC)
+        );
+        assert_eq!(
+            m[5],
+            bind("/host/resolv.conf", "/b/rootfs/etc/resolv.conf", false)
+        );
+        // Relative sources are the bundle's; recursive read-only goes through mount_setattr.
+        assert_eq!(m[6], bind("/b/relsrc", "/b/rootfs/rel", true));
+        assert_eq!(
+            m[7],
+            Call::MountSetattr {
+                target: "/b/rootfs/rel".into(),
+                recursive: true,
+                set: libc::MOUNT_ATTR_RDONLY,
+                clear: 0
+            }
+        );
+        // A file source gets a file mount point, a directory source a directory.
+        let calls = t.calls();
+        assert!(calls.contains(&Call::CreateFile("/b/rootfs/etc/resolv.conf".into())));
+        assert!(calls.contains(&Call::MkdirAll {
+            path: "/b/rootfs/data".into(),
+            mode: 0o755
+        }));
+    }
+
+    #[test]
+    fn a_proc_symlink_to_the_host_root_is_refused_before_mounting() {
+        let t = TestSyscall::new();
+        t.add_symlink("/b/rootfs/proc", "/");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+        }));
+        let e = prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap_err();
+        assert!(e.to_string().contains("mount proc (proc) on /proc"), "{e}");
+        assert!(e.to_string().contains("root"), "{e}");
+        assert!(
+            !t.mounts()
+                .iter()
+                .any(|c| matches!(c, Call::Mount { fstype: Some(f), .. } if f == "proc"))
+        );
+
+        let t = TestSyscall::new();
+        t.add_symlink("/b/rootfs/sys", "/etc");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/sys", "type": "sysfs", "source": "sysfs"}]
+        }));
+        let e = prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn bind_targets_through_symlinks_stay_inside_the_rootfs() {
+        let t = TestSyscall::new();
+        t.add_file("/host/hosts");
+        t.add_symlink("/b/rootfs/etc", "/../../../../host-etc");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/etc/hosts", "type": "bind", "source": "/host/hosts",
+                        "options": ["rbind"]}]
+        }));
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        assert_eq!(
+            t.mounts()[2],
+            bind("/host/hosts", "/b/rootfs/host-etc/hosts", true)
+        );
+    }
+
+    #[test]
+    fn shared_parent_mount_of_the_rootfs_is_made_private() {
+        let t = TestSyscall::new();
+        t.set_mountinfo(
+            "1 0 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+             2 1 0:40 / /b/rootfs rw shared:7 - overlay overlay rw\n",
+        );
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                                        "linux": {"rootfsPropagation": "rshared"}}),
+        );
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        let m = t.mounts();
+        assert_eq!(m[0], prop("/", MsFlags::MS_SHARED | MsFlags::MS_REC));
+        assert_eq!(m[1], prop("/b/rootfs", MsFlags::MS_PRIVATE));
+        assert_eq!(m[2], bind("/b/rootfs", "/b/rootfs", true));
+    }
+
+    #[test]
+    fn devices_fall_back_to_binding_host_nodes_when_mknod_is_refused() {
+        let t = TestSyscall::new();
+        t.fail(CallKind::Mknod, Errno::EPERM);
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "linux": {"devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                                   "fileMode": 438, "uid": 0, "gid": 0}]}
+        }));
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        let m = t.mounts();
+        assert!(m.contains(&bind("/dev/null", "/b/rootfs/dev/null", false)));
+        assert!(m.contains(&bind("/dev/fuse", "/b/rootfs/dev/fuse", false)));
+        assert!(
+            t.calls()
+                .contains(&Call::CreateFile("/b/rootfs/dev/fuse".into()))
+        );
+    }
+
+    #[test]
+    fn spec_devices_are_created_and_owned_and_a_bound_dev_skips_devices() {
+        let t = TestSyscall::new();
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "linux": {"devices": [{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0,
+                                   "fileMode": 416, "uid": 5, "gid": 6}]}
+        }));
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        let calls = t.calls();
+        assert!(calls.contains(&Call::Mknod {
+            path: "/b/rootfs/dev/sda".into(),
+            kind: NodeKind::Block,
+            perm: 0o640,
+            major: 8,
+            minor: 0
+        }));
+        assert!(calls.contains(&Call::Chown {
+            path: "/b/rootfs/dev/sda".into(),
+            uid: Some(5),
+            gid: Some(6)
+        }));
+
+        let t = TestSyscall::new();
+        t.add_dir("/dev");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/dev", "type": "bind", "source": "/dev", "options": ["rbind"]}]
+        }));
+        prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+        assert!(
+            !t.calls()
+                .iter()
+                .any(|c| matches!(c, Call::Mknod { .. } | Call::Symlink { .. }))
+        );
+    }
+
+    #[test]
+    fn masked_readonly_paths_and_readonly_root() {
+        let t = TestSyscall::new();
+        t.add_dir("/proc/acpi");
+        t.add_file("/proc/kcore");
+        t.add_dir("/proc/sys");
+        let masked = vec![
+            "/proc/acpi".to_string(),
+            "/proc/kcore".into(),
+            "/proc/nope".into(),
+        ];
+        apply_masked_paths(&t, &masked).unwrap();
+        apply_readonly_paths(&t, &["/proc/sys".to_string(), "/proc/missing".into()]).unwrap();
+        let s = spec(
+            serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs", "readonly": true}}),
+        );
+        t.set_mount_flags("/", MsFlags::MS_NOSUID);
+        finalize_rootfs(&t, &s).unwrap();
+        assert_eq!(
+            t.mounts(),
+            vec![
+                mount(
+                    Some("tmpfs"),
+                    "/proc/acpi",
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY,
+                    None
+                ),
+                bind("/dev/null", "/proc/kcore", false),
+                bind("/proc/sys", "/proc/sys", true),
+                remount("/proc/sys", MsFlags::MS_RDONLY | MsFlags::MS_REC),
+                remount("/", MsFlags::MS_NOSUID | MsFlags::MS_RDONLY),
+            ]
+        );
+    }
+
+    #[test]
+    fn unified_cgroup_mounts_cgroup2_or_binds_the_own_cgroup() {
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                        "options": ["nosuid", "ro"]}]
+        }));
+        let layout = CgroupLayout::Unified {
+            own: "/sys/fs/cgroup/pod/c1".into(),
+        };
+        let t = TestSyscall::new();
+        prepare_rootfs(&t, &s, &ctx(layout.clone())).unwrap();
+        assert_eq!(
+            t.mounts()[2],
+            mount(
+                Some("cgroup2"),
+                "/b/rootfs/sys/fs/cgroup",
+                Some("cgroup2"),
+                MsFlags::MS_NOSUID | MsFlags::MS_RDONLY,
+                None
+            )
+        );
+    }
+
+    #[test]
+    fn pivot_and_errors_name_the_mount() {
+        let t = TestSyscall::new();
+        t.fail(CallKind::Mount, Errno::ENODEV);
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+            "mounts": [{"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue"}]
+        }));
+        let e = prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap_err();
+        assert!(e.to_string().contains("mount on /"), "{e}");
+        let t = TestSyscall::new();
+        pivot_root(&t, Path::new("/b/rootfs")).unwrap();
+        assert_eq!(t.calls(), vec![Call::PivotRootfs("/b/rootfs".into())]);
+    }
+
+    #[test]
+    fn overlay_uses_mount_data_when_it_fits_and_lowerdir_plus_when_not() {
+        let t = TestSyscall::new();
+        let lowers = vec![PathBuf::from("/s/2/fs"), PathBuf::from("/s/1/fs")];
+        mount_overlay_with(
+            &t,
+            &lowers,
+            Path::new("/c/upper"),
+            Path::new("/c/work"),
+            Path::new("/c/rootfs"),
+        )
+        .unwrap();
+        assert_eq!(
+            t.mounts(),
+            vec![mount(
+                Some("overlay"),
+                "/c/rootfs",
+                Some("overlay"),
+                MsFlags::empty(),
+                Some("lowerdir=/s/2/fs:/s/1/fs,upperdir=/c/upper,workdir=/c/work")
+            )]
+        );
+        let t = TestSyscall::new();
+        let lowers: Vec<PathBuf> = (0..200)
+            .map(|i| PathBuf::from(format!("/var/lib/bungeo/snapshots/{i:04}/fs")))
+            .collect();
+        mount_overlay_with(
+            &t,
+            &lowers,
+            Path::new("/c/upper"),
+            Path::new("/c/work"),
+            Path::new("/c/rootfs"),
+        )
+        .unwrap();
+        let Call::MountFsParams {
+            fstype,
+            params,
+            target,
+        } = &t.mounts()[0]
+        else {
+            panic!("expected the new mount API");
+        };
+        assert_eq!(fstype, "overlay");
+        assert_eq!(target, &PathBuf::from("/c/rootfs"));
+        assert_eq!(params.len(), 202);
+        assert_eq!(
+            params[0],
+            (
+                "lowerdir+".to_string(),
+                "/var/lib/bungeo/snapshots/0000/fs".to_string()
+            )
+        );
+        assert_eq!(params[199].1, "/var/lib/bungeo/snapshots/0199/fs");
+        assert_eq!(
+            params[200],
+            ("upperdir".to_string(), "/c/upper".to_string())
+        );
+        assert!(
+            mount_overlay_with(&t, &[], Path::new("/u"), Path::new("/w"), Path::new("/t")).is_err()
+        );
+    }
+}

@@ -1,0 +1,670 @@
+//! Mounts: containerd's default filesystems, the pod sandbox's files, and the CRI mounts,
+//! merged as containerd merges them (a CRI mount replaces anything at the same destination,
+//! a CRI `/dev` replaces every default below `/dev`, binds are ordered by destination depth).
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::{ContainerConfig, Mount as CriMount, MountPropagation};
+use oci_spec::runtime::Mount;
+
+use super::SandboxFiles;
+use super::host::{Propagation, SpecHost};
+use crate::{Error, Result};
+
+/// What mount planning needs from the request.
+pub(super) struct MountInput<'a> {
+    pub container: &'a ContainerConfig,
+    pub readonly_rootfs: bool,
+    pub privileged: bool,
+    /// The container uses the node's IPC namespace, so it shares the node's `/dev/shm`.
+    pub ipc_node: bool,
+    pub sandbox_files: &'a SandboxFiles,
+}
+
+/// The spec's mounts and the rootfs propagation the binds need.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct MountPlan {
+    pub mounts: Vec<Mount>,
+    pub rootfs_propagation: Option<String>,
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(dest.into());
+    m.set_typ(Some(typ.to_string()));
+    m.set_source(Some(source.into()));
+    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    m
+}
+
+/// containerd's default mounts (its OCI defaults without `/run`, plus the cgroup filesystem);
+/// `/sys` and `/sys/fs/cgroup` are writable only for a privileged container.
+pub(super) fn default_mounts(privileged: bool) -> Vec<Mount> {
+    let access = if privileged { "rw" } else { "ro" };
+    let sys_ro: &[&str] = &["nosuid", "noexec", "nodev", access];
+    let cgroup_ro: &[&str] = &["nosuid", "noexec", "nodev", "relatime", access];
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/sys", "sysfs", "sysfs", sys_ro),
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_ro),
+    ]
+}
+
+/// A bind mount to make, from the CRI or from the sandbox.
+#[derive(Debug, Clone)]
+struct Bind {
+    destination: String,
+    source: PathBuf,
+    readonly: bool,
+    recursive_readonly: bool,
+    propagation: i32,
+}
+
+impl Bind {
+    fn sandbox(dest: &str, source: &Path, readonly: bool) -> Self {
+        Bind {
+            destination: dest.to_string(),
+            source: source.to_path_buf(),
+            readonly,
+            recursive_readonly: false,
+            propagation: MountPropagation::PropagationPrivate as i32,
+        }
+    }
+}
+
+/// Lexically cleans an absolute container path like Go's `filepath.Clean`.
+pub(super) fn clean(path: &str) -> Result<String> {
+    if !path.starts_with('/') {
+        return Err(Error::InvalidArgument(format!(
+            "mount destination {path:?} is not an absolute path"
+        )));
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// containerd's sort key: the number of `/`-separated parts of the cleaned destination.
+fn depth(clean_dest: &str) -> usize {
+    clean_dest.split('/').count()
+}
+
+fn from_cri(m: &CriMount) -> Result<Bind> {
+    if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+        return Err(Error::Unsupported(format!(
+            "image volume mount at {:?} is not supported",
+            m.container_path
+        )));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(Error::Unsupported(format!(
+            "id-mapped mount at {:?} is not supported",
+            m.container_path
+        )));
+    }
+    if m.host_path.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "mount at {:?} has no host path",
+            m.container_path
+        )));
+    }
+    if m.recursive_read_only {
+        if !m.readonly {
+            return Err(Error::InvalidArgument(format!(
+                "recursive read-only mount at {:?} must also be read-only",
+                m.container_path
+            )));
+        }
+        if m.propagation != MountPropagation::PropagationPrivate as i32 {
+            return Err(Error::InvalidArgument(format!(
+                "recursive read-only mount at {:?} must have private propagation",
+                m.container_path
+            )));
+        }
+    }
+    Ok(Bind {
+        destination: clean(&m.container_path)?,
+        source: PathBuf::from(&m.host_path),
+        readonly: m.readonly,
+        recursive_readonly: m.recursive_read_only,
+        propagation: m.propagation,
+    })
+}
+
+/// Plans every mount of the container. Missing bind sources are created as directories
+/// through `host`, as containerd does.
+pub(super) fn plan(input: &MountInput, host: &dyn SpecHost) -> Result<MountPlan> {
+    let mut binds: Vec<Bind> = input
+        .container
+        .mounts
+        .iter()
+        .map(from_cri)
+        .collect::<Result<_>>()?;
+    let requested = |dest: &str, binds: &[Bind]| binds.iter().any(|b| b.destination == dest);
+
+    let files = input.sandbox_files;
+    let ro = input.readonly_rootfs;
+    let mut extra = Vec::new();
+    if let Some(p) = &files.hostname {
+        extra.push(Bind::sandbox("/etc/hostname", p, ro));
+    }
+    if let Some(p) = &files.hosts {
+        extra.push(Bind::sandbox("/etc/hosts", p, ro));
+    }
+    if let Some(p) = &files.resolv_conf {
+        extra.push(Bind::sandbox("/etc/resolv.conf", p, ro));
+    }
+    let shm = if input.ipc_node {
+        Some(Path::new("/dev/shm"))
+    } else {
+        files.shm.as_deref()
+    };
+    if let Some(p) = shm {
+        extra.push(Bind::sandbox("/dev/shm", p, false));
+    }
+    for e in extra {
+        if !requested(&e.destination, &binds) {
+            binds.push(e);
+        }
+    }
+    // Shallow destinations first, so a deeper mount is not hidden by its parent.
+    binds.sort_by_key(|b| depth(&b.destination));
+
+    let dev_replaced = requested("/dev", &binds);
+    let mut mounts: Vec<Mount> = default_mounts(input.privileged)
+        .into_iter()
+        .filter(|m| {
+            let dest = m.destination().to_string_lossy();
+            let replaced = requested(&dest, &binds) || (dev_replaced && dest.starts_with("/dev/"));
+            !replaced
+        })
+        .collect();
+
+    let mut rootfs_propagation: Option<String> = None;
+    for b in &binds {
+        let source = host.prepare_bind_source(&b.source)?;
+        let prop = match MountPropagation::try_from(b.propagation) {
+            Ok(MountPropagation::PropagationBidirectional) => {
+                if host.mount_propagation(&source)? != Propagation::Shared {
+                    return Err(Error::InvalidArgument(format!(
+                        "bidirectional mount at {:?}: host path {} is not on a shared mount",
+                        b.destination,
+                        source.display()
+                    )));
+                }
+                rootfs_propagation = Some("rshared".to_string());
+                "rshared"
+            }
+            Ok(MountPropagation::PropagationHostToContainer) => {
+                if host.mount_propagation(&source)? == Propagation::Private {
+                    return Err(Error::InvalidArgument(format!(
+                        "host-to-container mount at {:?}: host path {} is not on a shared or slave mount",
+                        b.destination,
+                        source.display()
+                    )));
+                }
+                if rootfs_propagation.as_deref() != Some("rshared") {
+                    rootfs_propagation = Some("rslave".to_string());
+                }
+                "rslave"
+            }
+            Ok(MountPropagation::PropagationPrivate) => "rprivate",
+            Err(_) => {
+                tracing::warn!(
+                    destination = %b.destination,
+                    propagation = b.propagation,
+                    "unknown mount propagation, using private"
+                );
+                "rprivate"
+            }
+        };
+        let access = if b.recursive_readonly {
+            "rro"
+        } else if b.readonly {
+            "ro"
+        } else {
+            "rw"
+        };
+        mounts.push(mount(
+            &b.destination,
+            "bind",
+            &source.to_string_lossy(),
+            &["rbind", prop, access],
+        ));
+    }
+    Ok(MountPlan {
+        mounts,
+        rootfs_propagation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::host::tests_support::FakeHost;
+    use serde_json::json;
+
+    fn cri(container: &str, host: &str, readonly: bool, prop: MountPropagation) -> CriMount {
+        CriMount {
+            container_path: container.into(),
+            host_path: host.into(),
+            readonly,
+            propagation: prop as i32,
+            ..Default::default()
+        }
+    }
+
+    fn files() -> SandboxFiles {
+        SandboxFiles {
+            hosts: Some("/sb/hosts".into()),
+            resolv_conf: Some("/sb/resolv.conf".into()),
+            hostname: Some("/sb/hostname".into()),
+            shm: Some("/sb/shm".into()),
+        }
+    }
+
+    fn run(
+        c: &ContainerConfig,
+        ro: bool,
+        privileged: bool,
+        ipc_node: bool,
+        host: &FakeHost,
+    ) -> Result<MountPlan> {
+        let f = files();
+        plan(
+            &MountInput {
+                container: c,
+                readonly_rootfs: ro,
+                privileged,
+                ipc_node,
+                sandbox_files: &f,
+            },
+            host,
+        )
+    }
+
+    fn dests(p: &MountPlan) -> Vec<String> {
+        p.mounts
+            .iter()
+            .map(|m| m.destination().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn no_cri_mounts_matches_containerd() {
+        let host = FakeHost::default();
+        let p = run(&ContainerConfig::default(), false, false, false, &host).unwrap();
+        let got = serde_json::to_value(&p.mounts).unwrap();
+        let bind = |d: &str, s: &str, rw: &str| json!({"destination": d, "type": "bind", "source": s, "options": ["rbind", "rprivate", rw]});
+        assert_eq!(
+            got,
+            json!([
+                {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+                {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+                {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+                bind("/etc/hostname", "/sb/hostname", "rw"),
+                bind("/etc/hosts", "/sb/hosts", "rw"),
+                bind("/etc/resolv.conf", "/sb/resolv.conf", "rw"),
+                bind("/dev/shm", "/sb/shm", "rw"),
+            ])
+        );
+        assert_eq!(p.rootfs_propagation, None);
+    }
+
+    #[test]
+    fn readonly_rootfs_makes_sandbox_files_readonly_but_not_shm() {
+        let host = FakeHost::default();
+        let p = run(&ContainerConfig::default(), true, false, false, &host).unwrap();
+        let opts = |d: &str| {
+            p.mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .and_then(|m| m.options().clone())
+                .unwrap()
+        };
+        assert_eq!(opts("/etc/hosts"), vec!["rbind", "rprivate", "ro"]);
+        assert_eq!(opts("/etc/resolv.conf")[2], "ro");
+        assert_eq!(opts("/etc/hostname")[2], "ro");
+        assert_eq!(opts("/dev/shm")[2], "rw");
+    }
+
+    #[test]
+    fn without_sandbox_shm_the_default_tmpfs_stays_and_ipc_node_binds_host_shm() {
+        let host = FakeHost::default();
+        let c = ContainerConfig::default();
+        let f = SandboxFiles::default();
+        let p = plan(
+            &MountInput {
+                container: &c,
+                readonly_rootfs: false,
+                privileged: false,
+                ipc_node: false,
+                sandbox_files: &f,
+            },
+            &host,
+        )
+        .unwrap();
+        let shm = p
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/dev/shm"))
+            .unwrap();
+        assert_eq!(shm.typ().as_deref(), Some("tmpfs"));
+        let p = run(&c, false, false, true, &host).unwrap();
+        let shm = p
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/dev/shm"))
+            .unwrap();
+        assert_eq!(shm.source().as_deref(), Some(Path::new("/dev/shm")));
+        assert_eq!(shm.typ().as_deref(), Some("bind"));
+    }
+
+    #[test]
+    fn cri_mounts_override_and_sort_by_depth() {
+        let host = FakeHost::default();
+        let c = ContainerConfig {
+            mounts: vec![
+                cri(
+                    "/data/deep/er",
+                    "/h/deeper",
+                    false,
+                    MountPropagation::PropagationPrivate,
+                ),
+                cri(
+                    "/etc/hosts/",
+                    "/h/my-hosts",
+                    true,
+                    MountPropagation::PropagationPrivate,
+                ),
+                cri(
+                    "/data",
+                    "/h/data",
+                    false,
+                    MountPropagation::PropagationPrivate,
+                ),
+                cri("/sys", "/h/sys", true, MountPropagation::PropagationPrivate),
+            ],
+            ..Default::default()
+        };
+        let p = run(&c, false, false, false, &host).unwrap();
+        assert_eq!(
+            dests(&p),
+            vec![
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/mqueue",
+                "/sys/fs/cgroup",
+                // depth 2, in request order, then the sandbox files
+                "/data",
+                "/sys",
+                // depth 3
+                "/etc/hosts",
+                "/etc/hostname",
+                "/etc/resolv.conf",
+                "/dev/shm",
+                // depth 4
+                "/data/deep/er",
+            ]
+        );
+        let hosts = p
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/etc/hosts"))
+            .unwrap();
+        assert_eq!(hosts.source().as_deref(), Some(Path::new("/h/my-hosts")));
+        assert_eq!(
+            hosts.options().clone().unwrap(),
+            vec!["rbind", "rprivate", "ro"]
+        );
+        // Missing sources were created as directories, in mount order.
+        assert_eq!(
+            host.created(),
+            vec![
+                "/h/data",
+                "/h/sys",
+                "/h/my-hosts",
+                "/sb/hostname",
+                "/sb/resolv.conf",
+                "/sb/shm",
+                "/h/deeper"
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_dev_mount_replaces_every_default_below_dev() {
+        let host = FakeHost::default();
+        let c = ContainerConfig {
+            mounts: vec![cri(
+                "/dev",
+                "/h/dev",
+                false,
+                MountPropagation::PropagationPrivate,
+            )],
+            ..Default::default()
+        };
+        let p = run(&c, false, false, false, &host).unwrap();
+        let d = dests(&p);
+        assert!(!d.iter().any(|x| x == "/dev/pts" || x == "/dev/mqueue"));
+        // The sandbox's /dev/shm is not a default: it is still bound, after /dev.
+        assert_eq!(
+            d.iter()
+                .filter(|x| x.starts_with("/dev"))
+                .collect::<Vec<_>>(),
+            vec!["/dev", "/dev/shm"]
+        );
+    }
+
+    #[test]
+    fn privileged_sysfs_and_cgroup_are_writable() {
+        let host = FakeHost::default();
+        let p = run(&ContainerConfig::default(), false, true, false, &host).unwrap();
+        for d in ["/sys", "/sys/fs/cgroup"] {
+            let m = p
+                .mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .unwrap();
+            let opts = m.options().clone().unwrap();
+            assert!(!opts.contains(&"ro".to_string()), "{d}");
+            assert_eq!(opts.last().map(String::as_str), Some("rw"), "{d}");
+        }
+    }
+
+    #[test]
+    fn propagation_modes() {
+        let host = FakeHost::default();
+        host.set_propagation("/shared", Propagation::Shared);
+        host.set_propagation("/slave", Propagation::Slave);
+        let c = ContainerConfig {
+            mounts: vec![
+                cri(
+                    "/a",
+                    "/slave/a",
+                    false,
+                    MountPropagation::PropagationHostToContainer,
+                ),
+                cri(
+                    "/b",
+                    "/shared/b",
+                    false,
+                    MountPropagation::PropagationBidirectional,
+                ),
+                cri(
+                    "/c",
+                    "/shared/c",
+                    false,
+                    MountPropagation::PropagationHostToContainer,
+                ),
+            ],
+            ..Default::default()
+        };
+        let p = run(&c, false, false, false, &host).unwrap();
+        let opt = |d: &str| {
+            p.mounts
+                .iter()
+                .find(|m| m.destination() == Path::new(d))
+                .unwrap()
+                .options()
+                .clone()
+                .unwrap()[1]
+                .clone()
+        };
+        assert_eq!(opt("/a"), "rslave");
+        assert_eq!(opt("/b"), "rshared");
+        assert_eq!(opt("/c"), "rslave");
+        assert_eq!(p.rootfs_propagation.as_deref(), Some("rshared"));
+
+        let c = ContainerConfig {
+            mounts: vec![cri(
+                "/a",
+                "/slave/a",
+                false,
+                MountPropagation::PropagationHostToContainer,
+            )],
+            ..Default::default()
+        };
+        assert_eq!(
+            run(&c, false, false, false, &host)
+                .unwrap()
+                .rootfs_propagation
+                .as_deref(),
+            Some("rslave")
+        );
+
+        let c = ContainerConfig {
+            mounts: vec![cri(
+                "/a",
+                "/slave/a",
+                false,
+                MountPropagation::PropagationBidirectional,
+            )],
+            ..Default::default()
+        };
+        let e = run(&c, false, false, false, &host).unwrap_err().to_string();
+        assert!(e.contains("is not on a shared mount"), "{e}");
+        let c = ContainerConfig {
+            mounts: vec![cri(
+                "/a",
+                "/private/a",
+                false,
+                MountPropagation::PropagationHostToContainer,
+            )],
+            ..Default::default()
+        };
+        let e = run(&c, false, false, false, &host).unwrap_err().to_string();
+        assert!(e.contains("is not on a shared or slave mount"), "{e}");
+    }
+
+    #[test]
+    fn recursive_readonly_and_invalid_mounts() {
+        let host = FakeHost::default();
+        let mut m = cri("/r", "/h/r", true, MountPropagation::PropagationPrivate);
+        m.recursive_read_only = true;
+        let c = ContainerConfig {
+            mounts: vec![m.clone()],
+            ..Default::default()
+        };
+        let p = run(&c, false, false, false, &host).unwrap();
+        let r = p
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/r"))
+            .unwrap();
+        assert_eq!(
+            r.options().clone().unwrap(),
+            vec!["rbind", "rprivate", "rro"]
+        );
+
+        let bad = |m: CriMount| {
+            let c = ContainerConfig {
+                mounts: vec![m],
+                ..Default::default()
+            };
+            run(&c, false, false, false, &host).unwrap_err().to_string()
+        };
+        let mut not_ro = m.clone();
+        not_ro.readonly = false;
+        assert!(bad(not_ro).contains("must also be read-only"));
+        let mut shared = m.clone();
+        shared.propagation = MountPropagation::PropagationHostToContainer as i32;
+        assert!(bad(shared).contains("must have private propagation"));
+        assert!(
+            bad(cri(
+                "rel",
+                "/h",
+                false,
+                MountPropagation::PropagationPrivate
+            ))
+            .contains("not an absolute path")
+        );
+        assert!(
+            bad(cri("/x", "", false, MountPropagation::PropagationPrivate))
+                .contains("has no host path")
+        );
+        let mut img = cri("/x", "", false, MountPropagation::PropagationPrivate);
+        img.image = Some(k8s_cri::v1::ImageSpec {
+            image: "busybox".into(),
+            ..Default::default()
+        });
+        assert!(bad(img).contains("image volume mount"));
+    }
+
+    #[test]
+    fn clean_paths_like_go() {
+        assert_eq!(clean("/").unwrap(), "/");
+        assert_eq!(clean("/a//b/./c/..//").unwrap(), "/a/b");
+        assert_eq!(clean("/../x").unwrap(), "/x");
+        assert!(clean("x").is_err());
+        assert_eq!(depth("/"), 2);
+        assert_eq!(depth("/a"), 2);
+        assert_eq!(depth("/a/b"), 3);
+    }
+}
