@@ -1,7 +1,25 @@
-//! `bungeo-shim`, the per-container supervisor. The lifecycle issue builds it; until then this
-//! binary refuses to run rather than pretend to supervise anything.
+//! `bungeo-shim`: starts the supervisor of one container and prints its ttrpc address.
+//! See the library (`bungeo_shim`) for what the shim does and the flags it takes.
 
 fn main() {
-    eprintln!("bungeo-shim: not built yet in this version of bungeo; containers cannot be run");
-    std::process::exit(1);
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{}", bungeo_shim::config::USAGE);
+        return;
+    }
+    let cfg = match bungeo_shim::Config::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("bungeo-shim: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Only the launching process returns here; the shim itself exits inside `start`.
+    match bungeo_shim::detach::start(&cfg) {
+        Ok(address) => println!("{address}"),
+        Err(e) => {
+            eprintln!("bungeo-shim: {e}");
+            std::process::exit(1);
+        }
+    }
 }
