@@ -6,6 +6,7 @@
 //! set survives it, and [`set_process_caps`] after. [`apply`] does both steps at once.
 
 use std::collections::HashSet;
+use std::sync::OnceLock;
 
 use caps::{CapSet, Capability};
 use nix::errno::Errno;
@@ -16,8 +17,13 @@ use crate::error::{Error, Result};
 const CAP_LAST_CAP: &str = "/proc/sys/kernel/cap_last_cap";
 
 /// The capabilities the running kernel knows, by `/proc/sys/kernel/cap_last_cap` (or by probing
-/// the bounding set when /proc is unavailable), in bit order.
+/// the bounding set when /proc is unavailable), in bit order. Looked up once per process.
 pub fn all_known() -> Vec<Capability> {
+    static KNOWN: OnceLock<Vec<Capability>> = OnceLock::new();
+    KNOWN.get_or_init(lookup_known).clone()
+}
+
+fn lookup_known() -> Vec<Capability> {
     let last: Option<u8> = std::fs::read_to_string(CAP_LAST_CAP)
         .ok()
         .and_then(|s| s.trim().parse().ok());
@@ -73,14 +79,16 @@ pub fn drop_bounding(c: &LinuxCapabilities) -> Result<()> {
         if keep & cap.bitmask() != 0 {
             continue;
         }
-        let present = caps::has_cap(None, CapSet::Bounding, *cap)
-            .map_err(|e| Error::Capabilities(format!("read bounding set for {cap}: {e}")))?;
-        if present {
-            caps::drop(None, CapSet::Bounding, *cap).map_err(|e| {
-                Error::Capabilities(format!(
+        // Dropping an absent capability succeeds with CAP_SETPCAP; without it, only a
+        // capability still present is an error.
+        if let Err(e) = caps::drop(None, CapSet::Bounding, *cap) {
+            let present = caps::has_cap(None, CapSet::Bounding, *cap)
+                .map_err(|e| Error::Capabilities(format!("read bounding set for {cap}: {e}")))?;
+            if present {
+                return Err(Error::Capabilities(format!(
                     "drop {cap} from the bounding set (needs CAP_SETPCAP): {e}"
-                ))
-            })?;
+                )));
+            }
         }
     }
     Ok(())

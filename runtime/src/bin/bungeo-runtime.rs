@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
-use bungeo_runtime::container::state::rfc3339;
+use bungeo_runtime::container::state::{STATE_FILE, State, rfc3339};
 use bungeo_runtime::container::{
     ConsoleSocket, Container, CreateOptions, ExecOptions, parse_signal, tty, wait_exit_code,
 };
@@ -355,14 +355,14 @@ fn run(cli: Cli) -> Result<i32> {
                 c.delete(*force)?;
                 Ok(0)
             }
-            // A create that died before writing its state leaves a bare dir: --force cleans it.
-            Err(bungeo_runtime::Error::NotFound(_)) if *force => {
-                let dir = cli.root.join(id);
-                if dir.is_dir() && !id.contains('/') && id != ".." && id != "." {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("remove {}", dir.display()))?;
-                }
-                Ok(0)
+            // A create that died before writing its state leaves a bare dir, and a crash of
+            // the node right after a create can leave a truncated record (it is not fsync'd):
+            // nothing it described survived, and --force cleans it.
+            Err(bungeo_runtime::Error::NotFound(_)) if *force => remove_state_dir(&cli.root, id),
+            Err(bungeo_runtime::Error::InvalidArgument(_))
+                if *force && state_unreadable(&cli.root, id) =>
+            {
+                remove_state_dir(&cli.root, id)
             }
             Err(e) => Err(e.into()),
         },
@@ -431,6 +431,20 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn remove_state_dir(root: &Path, id: &str) -> Result<i32> {
+    let dir = root.join(id);
+    if dir.is_dir() && !id.contains('/') && id != ".." && id != "." {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    Ok(0)
+}
+
+/// Whether `<root>/<id>/state.json` exists but does not hold a container record.
+fn state_unreadable(root: &Path, id: &str) -> bool {
+    std::fs::read(root.join(id).join(STATE_FILE))
+        .is_ok_and(|text| serde_json::from_slice::<State>(&text).is_err())
 }
 
 struct RunArgs<'a> {
@@ -1006,6 +1020,27 @@ mod tests {
         let s: Spec = serde_json::from_value(default_spec()).unwrap();
         assert_eq!(s.hostname().as_deref(), Some("bungeo"));
         assert_eq!(s.mounts().as_ref().unwrap().len(), 7);
+    }
+
+    #[test]
+    fn a_truncated_record_is_unreadable_and_removable() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(!state_unreadable(root.path(), "c1"), "no record at all");
+        let dir = root.path().join("c1");
+        std::fs::create_dir(&dir).unwrap();
+        let record = serde_json::json!({
+            "oci_version": "1.0.2", "id": "c1", "init_pid": 1, "init_start_time": 1,
+            "bundle": "/b", "rootfs": "/b/rootfs", "created": "T", "cgroups_path": "/c1",
+            "systemd_cgroup": false
+        });
+        std::fs::write(dir.join(STATE_FILE), record.to_string()).unwrap();
+        assert!(!state_unreadable(root.path(), "c1"), "a whole record");
+        std::fs::write(dir.join(STATE_FILE), "").unwrap();
+        assert!(state_unreadable(root.path(), "c1"));
+        std::fs::write(dir.join(STATE_FILE), r#"{"oci_version":"1.0.2","id":"c"#).unwrap();
+        assert!(state_unreadable(root.path(), "c1"));
+        assert_eq!(remove_state_dir(root.path(), "c1").unwrap(), 0);
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! Container cgroups through `libcgroups`, on cgroup v1, hybrid and v2 nodes.
 //!
-//! libcgroups applies resource limits and freezes (it knows the per-file quirks: v1 memory and
-//! swap ordering, v2 weight and swap conversions). This module adds what it lacks for bungeo:
-//! creating the cgroup up front (v1 cpuset inheritance, v2 controller delegation), hybrid
-//! nodes where hugetlb lives only in the cgroup2 hierarchy (libcgroups' v1 manager would
-//! refuse hugepage limits there), and removal, process listing, signalling and stats read
-//! directly from the cgroup files so they work with whatever controllers a node has.
+//! libcgroups applies resource limits and freezes (it knows the per-file quirks: v2 weight and
+//! swap conversions, the rarer v1 controllers). This module adds what it lacks for bungeo:
+//! creating the cgroup up front (v1 cpuset inheritance, v2 controller delegation), letting a
+//! container's first process join it without the cost of moving a process (`CgroupJoin`),
+//! hybrid nodes where hugetlb lives only in the cgroup2 hierarchy (libcgroups' v1 manager
+//! would refuse hugepage limits there), the v1 limits every container has written directly
+//! (building libcgroups' v1 manager costs about a millisecond, see `v1_limits`), and removal,
+//! process listing, signalling and stats read directly from the cgroup files so they work
+//! with whatever controllers a node has.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use libcgroups::common::{CgroupManager, ControllerOpt, FreezerState};
@@ -21,10 +25,13 @@ use oci_spec::runtime::{LinuxResources, LinuxResourcesBuilder};
 use crate::error::{Error, Result};
 
 mod hierarchy;
+mod join;
 mod stats;
 mod tree;
+mod v1_limits;
 
 pub use hierarchy::{Hierarchy, Layout, cgroupfs_path, systemd_path};
+pub(crate) use join::CgroupJoin;
 pub use stats::{CgroupStats, CpuStats, HugetlbStats, MemoryStats, PidsStats};
 
 /// Which component names and creates cgroups, as kubelet's `cgroupDriver`.
@@ -48,6 +55,23 @@ pub fn detect() -> Result<Layout> {
     Ok(Hierarchy::detect()?.layout)
 }
 
+fn unified_root(hierarchy: &Hierarchy) -> Result<&PathBuf> {
+    hierarchy
+        .unified
+        .as_ref()
+        .ok_or_else(|| Error::Cgroups("cgroup v2 layout without a cgroup2 mount".to_string()))
+}
+
+/// On a hybrid node: whether hugetlb is a cgroup2 controller and not a v1 one, so hugepage
+/// limits go to the cgroup2 side.
+fn hybrid_hugetlb(hierarchy: &Hierarchy) -> Result<bool> {
+    Ok(!hierarchy.v1.contains_key("hugetlb")
+        && hierarchy
+            .unified_controllers()?
+            .iter()
+            .any(|c| c == "hugetlb"))
+}
+
 /// One container's (or pod's) cgroup, in every hierarchy the node has.
 pub struct Cgroup {
     rel: PathBuf,
@@ -56,7 +80,8 @@ pub struct Cgroup {
 
 enum Backend {
     V1 {
-        manager: libcgroups::v1::manager::Manager,
+        /// Built on first use: its constructor re-reads the mount table per controller.
+        manager: OnceLock<libcgroups::v1::manager::Manager>,
         /// Controller (or `name=...` hierarchy) → this cgroup's directory there.
         dirs: BTreeMap<String, PathBuf>,
         /// On hybrid nodes, this cgroup in the cgroup2 hierarchy.
@@ -102,9 +127,41 @@ impl Cgroup {
     /// directories when absent. An empty path means `/bungeo/<container_id>`.
     pub fn new(cgroups_path: &str, container_id: &str, driver: Driver) -> Result<Cgroup> {
         match driver {
-            Driver::Cgroupfs => Cgroup::new_in(&Hierarchy::detect()?, cgroups_path, container_id),
+            Driver::Cgroupfs => Cgroup::create(&Hierarchy::detect()?, cgroups_path, container_id),
             Driver::Systemd => {
                 Cgroup::new_systemd(cgroups_path, container_id, Path::new(SYSTEMD_RUN_DIR))
+            }
+        }
+    }
+
+    /// Like [`Cgroup::new`] but creates nothing: for a container's existing cgroup (signals,
+    /// updates, freezing, removal). Missing directories show up as errors of what uses them,
+    /// and removal of a missing cgroup succeeds.
+    pub fn open(cgroups_path: &str, container_id: &str, driver: Driver) -> Result<Cgroup> {
+        let hierarchy = match driver {
+            Driver::Cgroupfs => Hierarchy::detect()?,
+            Driver::Systemd => {
+                return Cgroup::new_systemd(cgroups_path, container_id, Path::new(SYSTEMD_RUN_DIR));
+            }
+        };
+        let rel = cgroupfs_path(cgroups_path, container_id)?;
+        match hierarchy.layout {
+            Layout::V2 => Cgroup::v2(&hierarchy, rel),
+            Layout::V1 | Layout::Hybrid => {
+                let dirs = hierarchy
+                    .v1
+                    .iter()
+                    .map(|(controller, mount)| (controller.clone(), mount.join(&rel)))
+                    .collect();
+                let unified = match (hierarchy.layout, &hierarchy.unified) {
+                    (Layout::Hybrid, Some(root)) => Some(UnifiedSide {
+                        root: root.clone(),
+                        dir: root.join(&rel),
+                        hugetlb: hybrid_hugetlb(&hierarchy)?,
+                    }),
+                    _ => None,
+                };
+                Ok(Cgroup::v1(rel, dirs, unified))
             }
         }
     }
@@ -113,30 +170,47 @@ impl Cgroup {
     /// mount for [`Hierarchy::v2`], or the node's own v1/hybrid hierarchy (libcgroups finds
     /// v1 mounts itself, so other v1 hierarchies are refused).
     pub fn new_in(hierarchy: &Hierarchy, cgroups_path: &str, container_id: &str) -> Result<Cgroup> {
+        if hierarchy.layout != Layout::V2 && *hierarchy != Hierarchy::detect()? {
+            return Err(Error::InvalidArgument(
+                "cgroup v1 hierarchies other than the node's own are not supported".to_string(),
+            ));
+        }
+        Cgroup::create(hierarchy, cgroups_path, container_id)
+    }
+
+    fn create(hierarchy: &Hierarchy, cgroups_path: &str, container_id: &str) -> Result<Cgroup> {
         let rel = cgroupfs_path(cgroups_path, container_id)?;
         match hierarchy.layout {
             Layout::V2 => {
-                let root = hierarchy.unified.clone().ok_or_else(|| {
-                    Error::Cgroups("cgroup v2 layout without a cgroup2 mount".to_string())
-                })?;
-                let controllers = hierarchy.unified_controllers()?;
-                let dir = tree::create_delegated(&root, &rel, &controllers)?;
-                let manager = libcgroups::v2::manager::Manager::new(root, rel.clone())
-                    .map_err(cg_err(format!("cgroup v2 manager for {}", rel.display())))?;
-                Ok(Cgroup {
-                    rel,
-                    backend: Backend::V2 { manager, dir },
-                })
+                let root = unified_root(hierarchy)?;
+                tree::create_delegated(root, &rel, &hierarchy.unified_controllers()?)?;
+                Cgroup::v2(hierarchy, rel)
             }
-            Layout::V1 | Layout::Hybrid => {
-                if *hierarchy != Hierarchy::detect()? {
-                    return Err(Error::InvalidArgument(
-                        "cgroup v1 hierarchies other than the node's own are not supported"
-                            .to_string(),
-                    ));
-                }
-                Cgroup::create_v1(hierarchy, rel)
-            }
+            Layout::V1 | Layout::Hybrid => Cgroup::create_v1(hierarchy, rel),
+        }
+    }
+
+    fn v2(hierarchy: &Hierarchy, rel: PathBuf) -> Result<Cgroup> {
+        let root = unified_root(hierarchy)?;
+        let manager = libcgroups::v2::manager::Manager::new(root.clone(), rel.clone())
+            .map_err(cg_err(format!("cgroup v2 manager for {}", rel.display())))?;
+        Ok(Cgroup {
+            backend: Backend::V2 {
+                manager,
+                dir: root.join(&rel),
+            },
+            rel,
+        })
+    }
+
+    fn v1(rel: PathBuf, dirs: BTreeMap<String, PathBuf>, unified: Option<UnifiedSide>) -> Cgroup {
+        Cgroup {
+            rel,
+            backend: Backend::V1 {
+                manager: OnceLock::new(),
+                dirs,
+                unified,
+            },
         }
     }
 
@@ -152,11 +226,7 @@ impl Cgroup {
                 }
             }
             if let (Layout::Hybrid, Some(root)) = (hierarchy.layout, &hierarchy.unified) {
-                let hugetlb = !hierarchy.v1.contains_key("hugetlb")
-                    && hierarchy
-                        .unified_controllers()?
-                        .iter()
-                        .any(|c| c == "hugetlb");
+                let hugetlb = hybrid_hugetlb(hierarchy)?;
                 let delegate = if hugetlb {
                     vec!["hugetlb".to_string()]
                 } else {
@@ -177,16 +247,21 @@ impl Cgroup {
             }
             return Err(e);
         }
-        let manager = libcgroups::v1::manager::Manager::new(&Path::new("/").join(&rel))
-            .map_err(cg_err(format!("cgroup v1 manager for {}", rel.display())))?;
-        Ok(Cgroup {
-            rel,
-            backend: Backend::V1 {
-                manager,
-                dirs,
-                unified,
-            },
-        })
+        Ok(Cgroup::v1(rel, dirs, unified))
+    }
+
+    /// libcgroups' v1 manager for this cgroup, built the first time it is needed.
+    fn v1_manager<'a>(
+        &self,
+        cell: &'a OnceLock<libcgroups::v1::manager::Manager>,
+    ) -> Result<&'a libcgroups::v1::manager::Manager> {
+        if let Some(m) = cell.get() {
+            return Ok(m);
+        }
+        let m = libcgroups::v1::manager::Manager::new(&Path::new("/").join(&self.rel)).map_err(
+            cg_err(format!("cgroup v1 manager for {}", self.rel.display())),
+        )?;
+        Ok(cell.get_or_init(|| m))
     }
 
     fn new_systemd(cgroups_path: &str, container_id: &str, run_dir: &Path) -> Result<Cgroup> {
@@ -247,6 +322,23 @@ impl Cgroup {
         }
     }
 
+    /// What a child needs to join this cgroup by itself before it creates the container's
+    /// process (`CgroupJoin`); `None` with the systemd driver, where [`Cgroup::add_task`]
+    /// (systemd creating the scope) is the way in.
+    pub(crate) fn child_join(&self) -> Result<Option<CgroupJoin>> {
+        match &self.backend {
+            Backend::V1 { dirs, unified, .. } => {
+                let mut v1: Vec<PathBuf> = dirs.values().cloned().collect();
+                v1.sort();
+                // Comounted controllers (cpu,cpuacct) share a directory.
+                v1.dedup();
+                CgroupJoin::open(&v1, unified.as_ref().map(|u| u.dir.as_path())).map(Some)
+            }
+            Backend::V2 { dir, .. } => CgroupJoin::open(&[], Some(dir)).map(Some),
+            Backend::Systemd { .. } => Ok(None),
+        }
+    }
+
     /// Moves process `pid` (and, as cgroups go, its future children) into this cgroup.
     pub fn add_task(&self, pid: i32) -> Result<()> {
         match &self.backend {
@@ -298,7 +390,11 @@ impl Cgroup {
                         .map_err(cg_err(what()))?;
                     v1_resources.set_hugepage_limits(None);
                 }
-                manager
+                if v1_limits::handles(&v1_resources) {
+                    return v1_limits::apply(&v1_limits::Fs, dirs, &v1_resources)
+                        .map_err(cg_err(what()));
+                }
+                self.v1_manager(manager)?
                     .apply(&controller_opt(&v1_resources))
                     .map_err(cg_err(what()))
             }
@@ -367,7 +463,10 @@ impl Cgroup {
     fn set_frozen(&self, state: FreezerState) -> Result<()> {
         let what = || format!("set cgroup {} to {state:?}", self.rel.display());
         match &self.backend {
-            Backend::V1 { manager, .. } => manager.freeze(state).map_err(cg_err(what())),
+            Backend::V1 { manager, .. } => self
+                .v1_manager(manager)?
+                .freeze(state)
+                .map_err(cg_err(what())),
             Backend::V2 { manager, .. } => manager.freeze(state).map_err(cg_err(what())),
             Backend::Systemd { manager, .. } => manager.freeze(state).map_err(cg_err(what())),
         }

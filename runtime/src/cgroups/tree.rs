@@ -66,8 +66,14 @@ pub(crate) fn inherit_cpuset(root: &Path, rel: &Path) -> Result<()> {
 pub(crate) fn create_delegated(root: &Path, rel: &Path, controllers: &[String]) -> Result<PathBuf> {
     let mut dir = root.to_path_buf();
     for component in rel.components() {
+        let control = dir.join("cgroup.subtree_control");
+        // A write waits for the kernel to finish tearing down recently removed cgroups below
+        // (an RCU grace period after each removal): only write what is not enabled yet.
+        let enabled = std::fs::read_to_string(&control).unwrap_or_default();
         for controller in controllers {
-            let control = dir.join("cgroup.subtree_control");
+            if enabled.split_whitespace().any(|c| c == controller) {
+                continue;
+            }
             if let Err(e) = write(&control, &format!("+{controller}")) {
                 tracing::debug!(error = %e, "cgroup controller not delegated");
             }
@@ -136,6 +142,12 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
 /// processes are still exiting is busy for a moment: retried until [`REMOVE_TIMEOUT`]. A
 /// missing directory is fine, so removal can be repeated.
 pub(crate) fn remove(dir: &Path) -> Result<()> {
+    // Usually there is nothing below and nobody inside: try before listing the directory.
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     for child in subdirs(dir)? {
         remove(&child)?;
     }

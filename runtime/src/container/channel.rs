@@ -18,7 +18,7 @@ pub(crate) enum Msg {
     MapIds,
     /// parent → child: maps written.
     MapsDone,
-    /// parent → child: cgroup joined, go on with setup.
+    /// parent → child: the process is in its cgroup and the cgroup's limits are set.
     Go,
     /// init → parent: set up and waiting at the start barrier.
     Ready,
@@ -112,7 +112,44 @@ impl Channel {
 
     /// Receives one message; `None` at EOF (every peer copy closed).
     pub(crate) fn recv(&self) -> Result<Option<Msg>> {
-        let mut buf = vec![0u8; MAX_MSG];
+        self.recv_flags(0)
+    }
+
+    /// A message already queued, if any; `Ok(None)` when there is none (or at EOF).
+    pub(crate) fn try_recv(&self) -> Result<Option<Msg>> {
+        match self.recv_flags(libc::MSG_DONTWAIT) {
+            Err(Error::Sys {
+                source: Errno::EAGAIN,
+                ..
+            }) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn recv_flags(&self, flags: libc::c_int) -> Result<Option<Msg>> {
+        // Peek at the datagram's length first: most messages are one byte, and zeroing a
+        // buffer for the largest one costs page faults in every process that receives.
+        let mut probe = [0u8; 1];
+        let len = loop {
+            // SAFETY: recv writes at most one byte into a live buffer; MSG_TRUNC makes it
+            // return the datagram's full length, MSG_PEEK leaves the datagram queued.
+            let r = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    probe.as_mut_ptr().cast(),
+                    probe.len(),
+                    libc::MSG_PEEK | libc::MSG_TRUNC | flags,
+                )
+            };
+            if r >= 0 {
+                break (r as usize).clamp(1, MAX_MSG);
+            }
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(Error::sys("receive on the container sync channel", e)),
+            }
+        };
+        let mut buf = vec![0u8; len];
         loop {
             // SAFETY: recv writes at most `buf.len()` bytes into a live buffer.
             let r =
@@ -164,6 +201,12 @@ mod tests {
             b.send(&m).unwrap();
             assert_eq!(a.recv().unwrap(), Some(m));
         }
+        let long = "x".repeat(MAX_MSG * 2);
+        b.send(&Msg::Error(long)).unwrap();
+        assert_eq!(a.recv().unwrap(), Some(Msg::Error("x".repeat(MAX_MSG - 1))));
+        assert_eq!(a.try_recv().unwrap(), None);
+        b.send(&Msg::Go).unwrap();
+        assert_eq!(a.try_recv().unwrap(), Some(Msg::Go));
         b.send(&Msg::Error("boom".into())).unwrap();
         let e = a.expect(&Msg::Ready, "during setup").unwrap_err();
         assert_eq!(e.to_string(), "boom");

@@ -271,6 +271,25 @@ pub(crate) fn create(opts: &CreateOptions) -> Result<Container> {
         flags - nix::sched::CloneFlags::CLONE_NEWUSER - nix::sched::CloneFlags::CLONE_NEWCGROUP;
 
     let exec = ExecPlan::new(&process, linux.seccomp().clone())?;
+
+    let cgroups_path = linux
+        .cgroups_path()
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let driver = if opts.systemd_cgroup {
+        Driver::Systemd
+    } else {
+        Driver::Cgroupfs
+    };
+    // Created before the children, which join it themselves (see `CgroupJoin`).
+    let cg = rb
+        .cgroup
+        .insert(Cgroup::new(&cgroups_path, &opts.id, driver)?);
+    let cgroup_join = cg.child_join()?;
+    let parent_moves_child = cgroup_join.is_none();
+    let joins_cgroup_ns = joins.iter().any(|(k, _)| *k == NsKind::Cgroup);
+
     let plan = ChildPlan {
         joins,
         new_user_ns: new_user,
@@ -287,6 +306,8 @@ pub(crate) fn create(opts: &CreateOptions) -> Result<Container> {
             in_user_ns: new_user || joins_user,
         }),
         preserve_fds: opts.preserve_fds,
+        cgroup: cgroup_join,
+        clone_into_cgroup: !new_user && !joins_user && !joins_cgroup_ns,
     };
 
     let (parent_ch, child_ch) = channel::pair()?;
@@ -299,29 +320,35 @@ pub(crate) fn create(opts: &CreateOptions) -> Result<Container> {
         &mut rb.pids,
     )?;
     drop(plan);
-    let (_, start_time) = proc_stat(pid)
-        .ok_or_else(|| Error::Child(format!("the container process {pid} exited during setup")))?;
-
-    let cgroups_path = linux
-        .cgroups_path()
-        .as_ref()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let driver = if opts.systemd_cgroup {
-        Driver::Systemd
-    } else {
-        Driver::Cgroupfs
+    // The init may already be setting up (see below) and have failed, and its own message
+    // then says why better than what its exit made fail here.
+    let init_error = |ours: Error| match parent_ch.try_recv() {
+        Ok(Some(Msg::Error(msg))) => Error::Child(msg),
+        _ => ours,
     };
-    let cg = Cgroup::new(&cgroups_path, &opts.id, driver)?;
-    cg.add_task(pid)?;
-    rb.cgroup = Some(cg);
-    if let (Some(cg), Some(res)) = (&rb.cgroup, linux.resources()) {
-        cg.apply(res)?;
-    }
-    if let Some(adj) = process.oom_score_adj() {
-        process_settings::set_oom_score_adj(pid, adj)?;
-    }
-    parent_ch.send(&Msg::Go)?;
+    let (_, start_time) = proc_stat(pid).ok_or_else(|| {
+        init_error(Error::Child(format!(
+            "the container process {pid} exited during setup"
+        )))
+    })?;
+
+    // Unless we move it, the init prepares its rootfs meanwhile and waits for `Go` before it
+    // applies its process settings.
+    (|| -> Result<()> {
+        if let Some(cg) = &rb.cgroup {
+            if parent_moves_child {
+                cg.add_task(pid)?;
+            }
+            if let Some(res) = linux.resources() {
+                cg.apply(res)?;
+            }
+        }
+        if let Some(adj) = process.oom_score_adj() {
+            process_settings::set_oom_score_adj(pid, adj)?;
+        }
+        parent_ch.send(&Msg::Go)
+    })()
+    .map_err(init_error)?;
     parent_ch.expect(&Msg::Ready, "during setup")?;
 
     let state = State {

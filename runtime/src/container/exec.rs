@@ -74,6 +74,10 @@ pub(crate) fn exec(c: &Container, opts: &ExecOptions) -> Result<i32> {
         console,
         init: None,
         preserve_fds: opts.preserve_fds,
+        // Moved by the parent: a process joining a running container's pid or cgroup
+        // namespace could not clone itself into the cgroup, and exec is off the create path.
+        cgroup: None,
+        clone_into_cgroup: false,
     };
     let (parent_ch, child_ch) = channel::pair()?;
     let mut pids = Vec::new();

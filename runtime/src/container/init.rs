@@ -1,20 +1,23 @@
 //! The child side of `create` and `exec`.
 //!
-//! Stage 1 (forked from the caller) joins the namespaces given by path, creates the user
-//! namespace (the parent writes its id maps) and the other new namespaces, then clones the
-//! container process with CLONE_PARENT, so that process is the caller's child and, with a new
-//! pid namespace, its PID 1. Stage 1 reports that host pid and exits.
+//! Stage 1 (forked from the caller) joins the container's cgroup by itself (see
+//! [`CgroupJoin`]: moving a process from outside costs an RCU grace period), joins the
+//! namespaces given by path, creates the user namespace (the parent writes its id maps) and the
+//! other new namespaces, then clones the container process with CLONE_PARENT (and into its
+//! cgroup v2 directory where it can), so that process is the caller's child, born in its cgroup
+//! and, with a new pid namespace, its PID 1. Stage 1 reports that host pid and exits.
 //!
-//! Stage 2 waits until the parent has put it in its cgroup, then (for a container's init)
-//! prepares the rootfs and pivots into it, sets up the terminal, hostname, sysctls, masked
-//! and read-only paths, and the process's own settings; it reports `Ready`, blocks on the
-//! start barrier (`exec.fifo`), and execs. Any failure before the barrier is sent back as
-//! text a person can act on, and the child exits.
+//! Stage 2, for a container's init, prepares the rootfs and pivots into it, sets up the
+//! terminal, hostname, sysctls, masked and read-only paths while the parent sets its cgroup's
+//! limits, waits for them (`Go`), applies the process's own settings, reports `Ready`, blocks
+//! on the start barrier (`exec.fifo`), and execs. An exec'd process, or an init the parent
+//! moves into its cgroup itself (systemd driver), waits for `Go` before anything else. Any
+//! failure before the barrier is sent back as text a person can act on, and the child exits.
 //!
 //! These run in a child of a single-threaded process, so allocating is safe; they log nothing.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -25,6 +28,7 @@ use oci_spec::runtime::Spec;
 use super::channel::{Channel, Msg};
 use super::process::{self, ExecPlan, errno_text};
 use super::tty;
+use crate::cgroups::CgroupJoin;
 use crate::namespaces::NsKind;
 use crate::rootfs::{self, RootfsContext};
 use crate::syscall::{LinuxSyscall, Syscall};
@@ -59,6 +63,13 @@ pub(crate) struct ChildPlan {
     pub console: Option<OwnedFd>,
     pub init: Option<InitPlan>,
     pub preserve_fds: u32,
+    /// The cgroup stage 1 joins before anything else; `None` when the parent moves the
+    /// container process itself (systemd driver, exec).
+    pub cgroup: Option<CgroupJoin>,
+    /// Clone the container process into the cgroup's v2 directory instead of joining it in
+    /// stage 1: only without user or cgroup namespaces in stage 1, whose credentials and
+    /// cgroup root the kernel checks at clone time.
+    pub clone_into_cgroup: bool,
 }
 
 fn exit(code: i32) -> ! {
@@ -69,6 +80,68 @@ fn exit(code: i32) -> ! {
 
 fn e2s(e: Error) -> String {
     crate::syscall::describe(&e)
+}
+
+/// The kernel's `struct clone_args` (CLONE_ARGS_SIZE_VER2, Linux 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Like [`clone_parent`], with the child started in the cgroup v2 directory `cgroup`.
+fn clone_parent_into(cgroup: BorrowedFd<'_>) -> std::result::Result<i32, nix::errno::Errno> {
+    let args = CloneArgs {
+        flags: libc::CLONE_PARENT as u64 | CLONE_INTO_CGROUP,
+        // With CLONE_PARENT the kernel takes the exit signal of the caller (SIGCHLD, as stage
+        // 1 was forked) and refuses any other.
+        exit_signal: 0,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM and with no stack behaves like fork(), as in
+    // `clone_parent`; it reads `size_of::<CloneArgs>()` bytes from a live #[repr(C)] struct
+    // laid out as the kernel's clone_args, and the caller is single-threaded.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// Clones the container process: into its cgroup v2 directory when the plan says so (a clone
+/// the kernel refuses, on an old kernel for one, falls back to stage 1 joining the directory
+/// first, which is slower but ends the same), else as a plain [`clone_parent`].
+fn clone_container(plan: &ChildPlan) -> std::result::Result<i32, String> {
+    if let Some(join) = &plan.cgroup
+        && plan.clone_into_cgroup
+        && let Some(dir) = join.v2_dir()
+    {
+        match clone_parent_into(dir) {
+            Ok(pid) => return Ok(pid),
+            Err(_) => join.join_v2_self()?,
+        }
+    }
+    clone_parent().map_err(|e| format!("clone the container process: {}", errno_text(e)))
 }
 
 /// Clones the calling process with CLONE_PARENT (the new process is a sibling: the caller's
@@ -112,6 +185,11 @@ fn stage1(plan: &ChildPlan, ch: &Channel) -> std::result::Result<(), String> {
     let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // First, with the caller's credentials and namespaces, so that everything created from
+    // here on (namespaces, the container process) is in the container's cgroup.
+    if let Some(join) = &plan.cgroup {
+        join.join_self(plan.clone_into_cgroup)?;
+    }
     for (kind, fd) in &plan.joins {
         sys.setns(fd.as_fd(), kind.clone_flag())
             .map_err(|e| format!("join the {kind} namespace: {}", e2s(e)))?;
@@ -130,8 +208,7 @@ fn stage1(plan: &ChildPlan, ch: &Channel) -> std::result::Result<(), String> {
         sys.unshare(plan.unshare)
             .map_err(|e| format!("create namespaces {:?}: {}", plan.unshare, e2s(e)))?;
     }
-    let pid =
-        clone_parent().map_err(|e| format!("clone the container process: {}", errno_text(e)))?;
+    let pid = clone_container(plan)?;
     if pid == 0 {
         run_stage2(plan, ch);
     }
@@ -172,12 +249,18 @@ fn stage2(
     use Stage2Error::{AfterReady, BeforeReady};
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    ch.expect(&Msg::Go, "while waiting to join its cgroup")
-        .map_err(|e| BeforeReady(e2s(e)))?;
+    // A container's init born in its cgroup prepares its rootfs while the parent sets the
+    // cgroup's limits (runc, too, sets them once the rootfs is ready); anything else waits
+    // until the parent has moved it into its cgroup.
+    let rootfs_before_go = plan.cgroup.is_some() && plan.init.is_some();
+    if !rootfs_before_go {
+        ch.expect(&Msg::Go, "while waiting to join its cgroup")
+            .map_err(|e| BeforeReady(e2s(e)))?;
+    }
     if let Some(init) = &plan.init
         && init.new_cgroup_ns
     {
-        // Only now, inside its cgroup, so the new cgroup namespace is rooted there.
+        // Only inside its cgroup, so the new cgroup namespace is rooted there.
         sys.unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| BeforeReady(format!("create a cgroup namespace: {}", e2s(e))))?;
     }
@@ -191,6 +274,12 @@ fn stage2(
                     .map_err(|e| BeforeReady(e2s(e)))?;
             }
         }
+    }
+    if rootfs_before_go {
+        // Before the process's own settings: from here on its limits apply, and a seccomp
+        // filter loaded by `prepare` must not have to allow the receive.
+        ch.expect(&Msg::Go, "while waiting for its cgroup limits")
+            .map_err(|e| BeforeReady(e2s(e)))?;
     }
     let ready = process::prepare(&plan.exec, plan.preserve_fds).map_err(BeforeReady)?;
     let _ = nix::sys::prctl::set_pdeathsig(None);
@@ -271,6 +360,11 @@ fn init_setup(
     };
     rootfs::prepare_rootfs(sys, spec, &ctx).map_err(e2s)?;
     rootfs::pivot_root(sys, &init.rootfs).map_err(e2s)?;
+    // Like runc, a working directory the image lacks is created (inside the new root, before
+    // it may turn read-only), so an image WORKDIR that no layer holds still runs.
+    if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd()).filter(|c| c.is_absolute()) {
+        sys.mkdir_all(cwd, 0o755).map_err(e2s)?;
+    }
     if let Some(sock) = &plan.console {
         tty::setup_console(sys, sock.as_fd(), plan.exec.console_size, true).map_err(e2s)?;
     }

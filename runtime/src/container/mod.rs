@@ -240,7 +240,8 @@ impl Container {
         } else {
             Driver::Cgroupfs
         };
-        Cgroup::new(&self.state.cgroups_path, &self.state.id, driver)
+        // The cgroup exists since create: nothing to make, and removal must not remake it.
+        Cgroup::open(&self.state.cgroups_path, &self.state.id, driver)
     }
 
     /// Sends `signal` to the init, or with `all` to every process in the container's cgroup.
@@ -502,6 +503,16 @@ mod tests {
         found
     }
 
+    /// The process is in `/bungeo-test/<id>` in every hierarchy (v1 ones and the v2 one).
+    fn assert_in_every_hierarchy(pid: i32, id: &str) {
+        let own = read(Path::new(&format!("/proc/{pid}/cgroup")));
+        let want = format!("/bungeo-test/{id}");
+        assert!(!own.is_empty());
+        for line in own.lines() {
+            assert!(line.ends_with(&want), "{line} is not {want}:\n{own}");
+        }
+    }
+
     fn read(p: &Path) -> String {
         std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
@@ -527,6 +538,7 @@ mod tests {
         );
         assert!(!cgroup_dirs(&id).is_empty(), "the container has a cgroup");
         assert!(c.pids().unwrap().contains(&pid));
+        assert_in_every_hierarchy(pid, &id);
         c.start().unwrap();
         assert_eq!(wait_exit_code(pid).unwrap(), 0);
         assert_eq!(c.status(), Status::Stopped);
@@ -672,12 +684,11 @@ mod tests {
         assert!(!b.root.join(&id).exists());
         assert!(cgroup_dirs(&id).is_empty());
 
+        // A working directory the image lacks is created, as runc does.
         let b = bundle(&id, &["true"], |s| s["process"]["cwd"] = "/nodir".into());
-        let e = Container::create(&opts(&b, &id)).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "chdir to cwd (\"/nodir\") set in config.json failed: no such file or directory"
-        );
+        let c = Container::create(&opts(&b, &id)).expect("a missing cwd is created");
+        assert!(b.dir.join("rootfs/nodir").is_dir());
+        c.delete(true).expect("delete");
         assert!(!b.root.join(&id).exists());
     }
 
@@ -743,6 +754,51 @@ mod tests {
         assert!(read(&b.out.join("e2")).contains("Operation not permitted"));
         c.delete(true).unwrap();
         let _ = wait_exit_code(pid);
+        assert!(cgroup_dirs(&id).is_empty());
+    }
+
+    /// In a user namespace the kernel would refuse to clone the container process into its
+    /// cgroup v2 directory, so the setup process joins it itself: every hierarchy still.
+    #[test]
+    fn a_user_namespace_container_is_in_every_hierarchy() {
+        if !can_run() {
+            return;
+        }
+        let id = format!("t-userns-{}", std::process::id());
+        let b = bundle(
+            &id,
+            &["sh", "-c", "cat /proc/self/uid_map > /out/map"],
+            |s| {
+                let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+                s["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"type": "user"}));
+                s["linux"]["uidMappings"] = map.clone();
+                s["linux"]["gidMappings"] = map;
+                // sysfs and cgroupfs need more than this test's user namespace can give.
+                s["mounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|m| !m["destination"].as_str().unwrap().starts_with("/sys"));
+            },
+        );
+        // The namespace's root cannot create mount points in a rootfs the host's root owns.
+        for d in ["proc", "dev", "out"] {
+            std::fs::create_dir_all(b.dir.join("rootfs").join(d)).unwrap();
+        }
+        let mut c = Container::create(&opts(&b, &id)).unwrap();
+        let pid = c.pid();
+        assert_in_every_hierarchy(pid, &id);
+        c.start().unwrap();
+        assert_eq!(wait_exit_code(pid).unwrap(), 0);
+        assert_eq!(
+            read(&b.out.join("map"))
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["0", "100000", "65536"]
+        );
+        c.delete(false).unwrap();
         assert!(cgroup_dirs(&id).is_empty());
     }
 

@@ -10,6 +10,7 @@ pub mod devices;
 pub mod mountinfo;
 pub mod options;
 pub mod secure_join;
+mod tmpfs;
 
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,7 @@ use crate::{Error, Result};
 
 pub use mountinfo::{CgroupBind, CgroupLayout, cgroup_layout};
 pub use secure_join::secure_join;
+pub use tmpfs::{is_mount_point, mount_tmpfs, mount_tmpfs_with, unmount, unmount_with};
 
 /// Mounts an overlay of `lowers` (top first) with `upper` and `work` on `target`.
 ///

@@ -260,6 +260,15 @@ pub fn generate_with(input: &SpecInput, host: &dyn SpecHost) -> Result<Spec> {
     Ok(spec)
 }
 
+/// The OCI cgroup resources for a CRI `UpdateContainerResources` request, checked and
+/// converted as at creation, against the real host; `container` names it in errors.
+pub fn update_resources(
+    resources: &k8s_cri::v1::LinuxContainerResources,
+    container: &str,
+) -> Result<oci_spec::runtime::LinuxResources> {
+    Ok(self::resources::resources(Some(resources), &LinuxHost, container)?.unwrap_or_default())
+}
+
 /// The container's name for messages: its metadata name, else its id.
 fn container_name(input: &SpecInput) -> String {
     match input.container.metadata.as_ref() {
