@@ -30,12 +30,16 @@ pub struct Config {
     pub log_level: String,
     /// The cgroup driver kubelet is told to use.
     pub cgroup_driver: CgroupDriver,
+    /// CRI runtime handler names (RuntimeClass handlers) accepted besides the default "".
+    pub runtime_handlers: Vec<String>,
     /// Image pulling.
     pub image: ImageConfig,
     /// Per-registry mirrors, plain HTTP and credentials.
     pub registries: RegistriesConfig,
     /// Pod networking (CNI).
     pub cni: CniConfig,
+    /// The per-container shim and the OCI runtime it runs.
+    pub shim: ShimConfig,
 }
 
 impl Default for Config {
@@ -46,9 +50,11 @@ impl Default for Config {
             listen: PathBuf::from("/run/bungeo/bungeo.sock"),
             log_level: "info".to_owned(),
             cgroup_driver: CgroupDriver::Cgroupfs,
+            runtime_handlers: Vec::new(),
             image: ImageConfig::default(),
             registries: RegistriesConfig::default(),
             cni: CniConfig::default(),
+            shim: ShimConfig::default(),
         }
     }
 }
@@ -97,6 +103,17 @@ impl Default for CniConfig {
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
         }
     }
+}
+
+/// `[shim]`: the binaries that run containers. Empty paths mean "beside the bungeo
+/// executable", where the release puts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShimConfig {
+    /// The `bungeo-shim` executable.
+    pub binary: PathBuf,
+    /// The OCI runtime executable the shims run (`bungeo-runtime`).
+    pub runtime: PathBuf,
 }
 
 impl Config {
@@ -153,10 +170,28 @@ impl Config {
                 self.listen.display()
             )));
         }
+        for (key, path) in [
+            ("shim.binary", &self.shim.binary),
+            ("shim.runtime", &self.shim.runtime),
+        ] {
+            if !path.as_os_str().is_empty() && !path.is_absolute() {
+                return Err(Error::InvalidConfig(format!(
+                    "{key} must be an absolute path or empty, got {}",
+                    path.display()
+                )));
+            }
+        }
         if self.log_level.trim().is_empty() {
             return Err(Error::InvalidConfig(
                 "log_level must not be empty".to_owned(),
             ));
+        }
+        for handler in &self.runtime_handlers {
+            if handler.is_empty() || handler.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(Error::InvalidConfig(format!(
+                    "runtime_handlers: {handler:?} is not a handler name (a non-empty word)"
+                )));
+            }
         }
         if self.image.max_concurrent_downloads == 0 {
             return Err(Error::InvalidConfig(
@@ -357,6 +392,22 @@ password = "s3cret"
         zero.image.max_concurrent_downloads = 0;
         let msg = zero.validate().unwrap_err().to_string();
         assert!(msg.contains("max_concurrent_downloads"), "{msg}");
+    }
+
+    #[test]
+    fn runtime_handlers_parse_and_must_be_words() {
+        let config =
+            Config::parse("runtime_handlers = [\"bungeo\", \"fast\"]", Path::new("h")).unwrap();
+        assert_eq!(config.runtime_handlers, vec!["bungeo", "fast"]);
+        config.validate().unwrap();
+        for bad in ["", "two words"] {
+            let config = Config {
+                runtime_handlers: vec![bad.to_owned()],
+                ..Config::default()
+            };
+            let msg = config.validate().unwrap_err().to_string();
+            assert!(msg.contains("runtime_handlers"), "{msg}");
+        }
     }
 
     #[test]

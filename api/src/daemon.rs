@@ -1,5 +1,6 @@
-//! The daemon's life: directories, the state lock, the image store, the CRI socket, serving,
-//! and a clean shutdown on SIGTERM/SIGINT.
+//! The daemon's life: directories, the state lock, the image store, the pod sandboxes and
+//! containers (with their recovery), the CRI socket, serving, and a clean shutdown on
+//! SIGTERM/SIGINT. Containers keep running across the daemon's restarts: their shims outlive it.
 
 use std::fs::{DirBuilder, Permissions};
 use std::future::Future;
@@ -18,10 +19,12 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::config::{CgroupDriver, Config};
+use crate::containers::{ContainerSettings, Containers};
 use crate::errors::{Error, Result};
 use crate::image_service::CriImageService;
 use crate::listener::CriSocket;
 use crate::runtime_service::CriRuntimeService;
+use crate::sandbox::{SandboxSettings, Sandboxes};
 use crate::state_lock::StateLock;
 
 /// Mode of the root directory: traversable, so container rootfs paths under it resolve for
@@ -39,6 +42,8 @@ pub struct Daemon {
     config: Arc<Config>,
     lock: StateLock,
     store: Arc<ImageStore>,
+    sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
     socket: CriSocket,
     listener: UnixListener,
     /// How long in-flight calls may run on after shutdown is asked for.
@@ -61,6 +66,9 @@ impl Daemon {
             );
         }
         let store = open_store(&config).await?;
+        let store = Arc::new(store);
+        let sandboxes = Arc::new(open_sandboxes(&config).await?);
+        let containers = open_containers(&config, &store, &sandboxes).await?;
         let (socket, listener) = CriSocket::bind(&config.listen)?;
         info!(
             listen = %config.listen.display(),
@@ -72,7 +80,9 @@ impl Daemon {
         Ok(Daemon {
             config: Arc::new(config),
             lock,
-            store: Arc::new(store),
+            store,
+            sandboxes,
+            containers: Arc::new(containers),
             socket,
             listener,
             shutdown_grace: SHUTDOWN_GRACE,
@@ -92,6 +102,8 @@ impl Daemon {
             config,
             lock,
             store,
+            sandboxes,
+            containers,
             socket,
             listener,
             shutdown_grace,
@@ -100,7 +112,11 @@ impl Daemon {
         let pulls = images.pulls();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .add_service(RuntimeServiceServer::new(CriRuntimeService::new(config)))
+            .add_service(RuntimeServiceServer::new(CriRuntimeService::new(
+                config,
+                Arc::clone(&sandboxes),
+                Arc::clone(&containers),
+            )))
             .add_service(ImageServiceServer::new(images))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 // A dropped sender also means stop.
@@ -147,7 +163,10 @@ impl Daemon {
         {
             warn!("pulls did not stop within {CLEANUP_GRACE:?} of being cancelled");
         }
-        close_store(store, deadline).await;
+        // The containers hold the store and the sandboxes: they go first.
+        close_shared("the containers", containers, deadline).await;
+        close_shared("the image store", store, deadline).await;
+        close_shared("the sandbox records", sandboxes, deadline).await;
         let removed = socket.remove();
         let released = lock.release();
         info!("bungeo stopped");
@@ -204,21 +223,46 @@ async fn open_store(config: &Config) -> Result<ImageStore> {
         .map_err(Error::from)
 }
 
-/// Drops the last reference to the store (closing its database) once the blocking calls
+async fn open_sandboxes(config: &Config) -> Result<Sandboxes> {
+    let settings = SandboxSettings::from_config(config);
+    tokio::task::spawn_blocking(move || Sandboxes::open(settings))
+        .await
+        .map_err(|e| Error::Task {
+            task: "open pod sandboxes",
+            message: e.to_string(),
+        })?
+}
+
+async fn open_containers(
+    config: &Config,
+    store: &Arc<ImageStore>,
+    sandboxes: &Arc<Sandboxes>,
+) -> Result<Containers> {
+    let settings = ContainerSettings::from_config(config);
+    let (store, sandboxes) = (Arc::clone(store), Arc::clone(sandboxes));
+    tokio::task::spawn_blocking(move || Containers::open(settings, store, sandboxes))
+        .await
+        .map_err(|e| Error::Task {
+            task: "open containers",
+            message: e.to_string(),
+        })?
+}
+
+/// Drops the last reference to `shared` (closing its database) once the blocking calls
 /// still holding it return, waiting no later than `deadline`.
-async fn close_store(mut store: Arc<ImageStore>, deadline: Instant) {
+async fn close_shared<T: Send + 'static>(what: &str, mut shared: Arc<T>, deadline: Instant) {
     loop {
-        match Arc::try_unwrap(store) {
-            Ok(store) => {
-                tokio::task::spawn_blocking(move || drop(store)).await.ok();
+        match Arc::try_unwrap(shared) {
+            Ok(owned) => {
+                tokio::task::spawn_blocking(move || drop(owned)).await.ok();
                 return;
             }
-            Err(shared) if Instant::now() < deadline => {
-                store = shared;
+            Err(still) if Instant::now() < deadline => {
+                shared = still;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(_) => {
-                warn!("the image store is still in use by a blocking call; exiting anyway");
+                warn!("{what} is still in use by a blocking call; exiting anyway");
                 return;
             }
         }
@@ -351,14 +395,20 @@ mod tests {
             cri::CgroupDriver::Cgroupfs
         );
 
-        let err = runtime
+        let listed = runtime
             .list_containers(cri::ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.containers.is_empty());
+        let err = runtime
+            .container_stats(cri::ContainerStatsRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
         assert_eq!(
             err.message(),
-            "RuntimeService.ListContainers is not implemented by bungeo yet"
+            "RuntimeService.ContainerStats is not implemented by bungeo yet"
         );
         let err = runtime
             .get_container_events(cri::GetEventsRequest::default())

@@ -52,6 +52,43 @@ pub enum Error {
     /// A background task panicked or was cancelled.
     #[error("{task}: {message}")]
     Task { task: &'static str, message: String },
+
+    /// A CRI request that cannot be served as given; the message names the field or object.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// The object a CRI call names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// An object with the same identity exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// The records database failed.
+    #[error("records database {}: {message}", path.display())]
+    Records { path: PathBuf, message: String },
+
+    /// A runtime mechanism (namespaces, mounts, cgroups) failed; `what` names the object.
+    #[error("{what}: {source}")]
+    Runtime {
+        what: String,
+        #[source]
+        source: bungeo_runtime::Error,
+    },
+
+    /// The call does not fit the object's state (e.g. starting a container that has exited).
+    #[error("{0}")]
+    FailedPrecondition(String),
+
+    /// A deadline the request set passed (an ExecSync timeout).
+    #[error("{0}")]
+    DeadlineExceeded(String),
+
+    /// A container's shim failed a call, or could not be reached; `what` names the container
+    /// and the call.
+    #[error("{what}: {message}")]
+    Shim { what: String, message: String },
 }
 
 /// Result of daemon operations.
@@ -66,6 +103,34 @@ impl Error {
             source,
         }
     }
+}
+
+impl Error {
+    /// Wraps a runtime error with what was being done to which object.
+    pub fn runtime(what: impl Into<String>, source: bungeo_runtime::Error) -> Self {
+        Error::Runtime {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Maps a daemon error to the gRPC status CRI clients get. The message passes through.
+pub fn status(err: &Error) -> Status {
+    let code = match err {
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::NotFound(_) => Code::NotFound,
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Runtime {
+            source: bungeo_runtime::Error::InvalidArgument(_),
+            ..
+        } => Code::InvalidArgument,
+        Error::ImageStore(e) => return store_status(e),
+        _ => Code::Internal,
+    };
+    Status::new(code, err.to_string())
 }
 
 /// Prefix kubelet recognises in an `Unknown` pull error to report `RegistryUnavailable`
@@ -213,6 +278,55 @@ mod tests {
             status(StoreError::Database("corrupt".to_owned())).code(),
             Code::Internal
         );
+    }
+
+    #[test]
+    fn daemon_errors_map_to_their_cri_codes() {
+        let cases = [
+            (Error::InvalidArgument("bad".into()), Code::InvalidArgument),
+            (
+                Error::NotFound("pod sandbox x not found".into()),
+                Code::NotFound,
+            ),
+            (Error::AlreadyExists("taken".into()), Code::AlreadyExists),
+            (
+                Error::runtime(
+                    "pod sandbox x",
+                    bungeo_runtime::Error::InvalidArgument("sysctl".into()),
+                ),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::runtime(
+                    "pod sandbox x: pin namespaces",
+                    bungeo_runtime::Error::Child("boom".into()),
+                ),
+                Code::Internal,
+            ),
+            (
+                Error::Records {
+                    path: "/r/records.redb".into(),
+                    message: "corrupt".into(),
+                },
+                Code::Internal,
+            ),
+        ];
+        for (err, code) in cases {
+            let message = err.to_string();
+            let s = super::status(&err);
+            assert_eq!(s.code(), code, "{message}");
+            assert_eq!(s.message(), message);
+        }
+        // Store errors answer as the image service does.
+        let s = super::status(&Error::ImageStore(StoreError::ImageNotFound(
+            "busybox".into(),
+        )));
+        assert_eq!(s.code(), Code::NotFound);
+        let s = super::status(&Error::runtime(
+            "pod sandbox abc: pin namespaces",
+            bungeo_runtime::Error::Child("boom".into()),
+        ));
+        assert_eq!(s.message(), "pod sandbox abc: pin namespaces: boom");
     }
 
     #[test]

@@ -1,14 +1,22 @@
-//! The bungeo daemon: the CRI gRPC server over the image store (and, later, the runtime).
+//! The bungeo daemon: the CRI gRPC server over the image store and the runtime crate, with
+//! the pod sandbox state machine and its records.
 
 pub mod call_trace;
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod daemon;
 pub mod errors;
+pub mod filters;
+pub mod ids;
 pub mod image_service;
 pub mod listener;
 pub mod logging;
+pub mod records;
 pub mod runtime_service;
+pub mod sandbox;
+pub mod sandbox_files;
+pub mod shims;
 pub mod state_lock;
 
 pub use config::Config;

@@ -1,5 +1,6 @@
-//! CRI `RuntimeService`: version, status and runtime config now; the pod and container calls
-//! answer `Unimplemented` until they are built.
+//! CRI `RuntimeService`: version, status, runtime config, the pod sandbox calls and the
+//! container calls; streaming (Exec, Attach, PortForward), stats and events answer
+//! `Unimplemented` until they are built.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -12,6 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::call_trace::traced;
 use crate::config::{CgroupDriver, CniConfig, Config};
+use crate::containers::Containers;
+use crate::errors::{join_status, status};
+use crate::sandbox::Sandboxes;
 
 /// CRI `VersionResponse.version`: the kubelet runtime API version string.
 pub const KUBELET_API_VERSION: &str = "0.1.0";
@@ -27,12 +31,53 @@ pub const NETWORK_NOT_READY_REASON: &str = "NetworkPluginNotReady";
 /// The `RuntimeService` the daemon serves.
 pub struct CriRuntimeService {
     config: Arc<Config>,
+    sandboxes: Arc<Sandboxes>,
+    containers: Arc<Containers>,
 }
 
 impl CriRuntimeService {
-    /// A service answering from `config`.
-    pub fn new(config: Arc<Config>) -> Self {
-        CriRuntimeService { config }
+    /// A service answering from `config`, running pods in `sandboxes` and their containers
+    /// in `containers`.
+    pub fn new(
+        config: Arc<Config>,
+        sandboxes: Arc<Sandboxes>,
+        containers: Arc<Containers>,
+    ) -> Self {
+        CriRuntimeService {
+            config,
+            sandboxes,
+            containers,
+        }
+    }
+
+    /// Runs a blocking container call off the async workers, to its end even if the client
+    /// gives up (a container is never left half-created or half-removed).
+    async fn containers_blocking<T, F>(&self, call: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Containers) -> crate::errors::Result<T> + Send + 'static,
+    {
+        let containers = Arc::clone(&self.containers);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&containers)))
+            .await
+            .map_err(|e| join_status(call, &e))?
+            .map_err(|e| status(&e))
+    }
+
+    /// Runs a blocking sandbox call off the async workers. The call runs to its end even if
+    /// the client gives up, so a sandbox is never left half-built by a cancelled request.
+    async fn blocking<T, F>(&self, call: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Sandboxes) -> crate::errors::Result<T> + Send + 'static,
+    {
+        let sandboxes = Arc::clone(&self.sandboxes);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&sandboxes)))
+            .await
+            .map_err(|e| join_status(call, &e))?
+            .map_err(|e| status(&e))
     }
 
     fn status_response(&self, verbose: bool) -> Result<cri::StatusResponse, Status> {
@@ -134,100 +179,206 @@ impl RuntimeService for CriRuntimeService {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        not_yet("RunPodSandbox").await
+        let request = request.into_inner();
+        traced("RunPodSandbox", None, async {
+            let pod_sandbox_id = self
+                .blocking("RunPodSandbox", move |s| s.run(&request))
+                .await?;
+            Ok(cri::RunPodSandboxResponse { pod_sandbox_id })
+        })
+        .await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        not_yet("StopPodSandbox").await
+        let id = request.into_inner().pod_sandbox_id;
+        traced("StopPodSandbox", None, async {
+            // Its containers first: a stopped pod runs nothing.
+            let pod = id.clone();
+            self.containers_blocking("StopPodSandbox", move |c| c.stop_pod(&pod))
+                .await?;
+            self.blocking("StopPodSandbox", move |s| s.stop(&id))
+                .await?;
+            Ok(cri::StopPodSandboxResponse {})
+        })
+        .await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        not_yet("RemovePodSandbox").await
+        let id = request.into_inner().pod_sandbox_id;
+        traced("RemovePodSandbox", None, async {
+            let pod = id.clone();
+            self.containers_blocking("RemovePodSandbox", move |c| c.remove_pod(&pod))
+                .await?;
+            self.blocking("RemovePodSandbox", move |s| s.remove(&id))
+                .await?;
+            Ok(cri::RemovePodSandboxResponse {})
+        })
+        .await
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        not_yet("PodSandboxStatus").await
+        let request = request.into_inner();
+        traced("PodSandboxStatus", None, async {
+            self.blocking("PodSandboxStatus", move |s| {
+                s.status(&request.pod_sandbox_id, request.verbose)
+            })
+            .await
+        })
+        .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        not_yet("ListPodSandbox").await
+        let filter = request.into_inner().filter;
+        traced("ListPodSandbox", None, async {
+            // In memory, but a sandbox being removed holds its lock for a moment.
+            let items = self
+                .blocking("ListPodSandbox", move |s| Ok(s.list(filter.as_ref())))
+                .await?;
+            Ok(cri::ListPodSandboxResponse { items })
+        })
+        .await
     }
 
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        not_yet("CreateContainer").await
+        let request = request.into_inner();
+        let image = request
+            .config
+            .as_ref()
+            .and_then(|c| c.image.as_ref())
+            .map(|i| i.image.clone());
+        traced("CreateContainer", image.as_deref(), async {
+            let container_id = self
+                .containers_blocking("CreateContainer", move |c| c.create(&request))
+                .await?;
+            Ok(cri::CreateContainerResponse { container_id })
+        })
+        .await
     }
 
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        not_yet("StartContainer").await
+        let id = request.into_inner().container_id;
+        traced("StartContainer", None, async {
+            self.containers_blocking("StartContainer", move |c| c.start(&id))
+                .await?;
+            Ok(cri::StartContainerResponse {})
+        })
+        .await
     }
 
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        not_yet("StopContainer").await
+        let request = request.into_inner();
+        traced("StopContainer", None, async {
+            self.containers_blocking("StopContainer", move |c| {
+                c.stop(&request.container_id, request.timeout)
+            })
+            .await?;
+            Ok(cri::StopContainerResponse {})
+        })
+        .await
     }
 
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        not_yet("RemoveContainer").await
+        let id = request.into_inner().container_id;
+        traced("RemoveContainer", None, async {
+            self.containers_blocking("RemoveContainer", move |c| c.remove(&id))
+                .await?;
+            Ok(cri::RemoveContainerResponse {})
+        })
+        .await
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        not_yet("ListContainers").await
+        let filter = request.into_inner().filter;
+        traced("ListContainers", None, async {
+            // In memory: no blocking call.
+            Ok(cri::ListContainersResponse {
+                containers: self.containers.list(filter.as_ref()),
+            })
+        })
+        .await
     }
 
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        not_yet("ContainerStatus").await
+        let request = request.into_inner();
+        traced("ContainerStatus", None, async {
+            self.containers_blocking("ContainerStatus", move |c| {
+                c.status(&request.container_id, request.verbose)
+            })
+            .await
+        })
+        .await
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        not_yet("UpdateContainerResources").await
+        let request = request.into_inner();
+        traced("UpdateContainerResources", None, async {
+            self.containers_blocking("UpdateContainerResources", move |c| {
+                c.update_resources(&request)
+            })
+            .await?;
+            Ok(cri::UpdateContainerResourcesResponse {})
+        })
+        .await
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        not_yet("ReopenContainerLog").await
+        let id = request.into_inner().container_id;
+        traced("ReopenContainerLog", None, async {
+            self.containers_blocking("ReopenContainerLog", move |c| c.reopen_log(&id))
+                .await?;
+            Ok(cri::ReopenContainerLogResponse {})
+        })
+        .await
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        not_yet("ExecSync").await
+        let request = request.into_inner();
+        traced("ExecSync", None, async {
+            self.containers_blocking("ExecSync", move |c| c.exec_sync(&request))
+                .await
+        })
+        .await
     }
 
     async fn exec(
@@ -320,10 +471,34 @@ impl RuntimeService for CriRuntimeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::SandboxSettings;
     use bungeo_imagestore::HostConfig;
 
-    fn service(config: Config) -> CriRuntimeService {
-        CriRuntimeService::new(Arc::new(config))
+    /// A service whose sandboxes live in a temporary directory, whatever `config` says.
+    struct TestService {
+        svc: CriRuntimeService,
+        _dir: tempfile::TempDir,
+    }
+
+    impl std::ops::Deref for TestService {
+        type Target = CriRuntimeService;
+
+        fn deref(&self) -> &CriRuntimeService {
+            &self.svc
+        }
+    }
+
+    fn service(config: Config) -> TestService {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = SandboxSettings::from_config(&config);
+        settings.root = dir.path().join("root");
+        settings.state = dir.path().join("state");
+        let sandboxes = Arc::new(Sandboxes::open(settings).unwrap());
+        let containers = crate::containers::tests::open_in(dir.path(), &config, &sandboxes);
+        TestService {
+            svc: CriRuntimeService::new(Arc::new(config), sandboxes, Arc::new(containers)),
+            _dir: dir,
+        }
     }
 
     #[tokio::test]
@@ -416,13 +591,13 @@ mod tests {
     async fn calls_not_built_yet_answer_unimplemented_with_their_name() {
         let svc = service(Config::default());
         let err = svc
-            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+            .checkpoint_container(Request::new(cri::CheckpointContainerRequest::default()))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert_eq!(
             err.message(),
-            "RuntimeService.RunPodSandbox is not implemented by bungeo yet"
+            "RuntimeService.CheckpointContainer is not implemented by bungeo yet"
         );
         let err = match svc
             .get_container_events(Request::new(cri::GetEventsRequest::default()))
@@ -433,5 +608,107 @@ mod tests {
         };
         assert_eq!(err.code(), tonic::Code::Unimplemented);
         assert!(err.message().contains("RuntimeService.GetContainerEvents"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pod_sandbox_calls_answer_with_cri_codes() {
+        let svc = service(Config::default());
+        let err = svc
+            .run_pod_sandbox(Request::new(cri::RunPodSandboxRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("config is required"),
+            "{}",
+            err.message()
+        );
+
+        let config = cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "svc".into(),
+                uid: "uid-svc".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            hostname: "svc".into(),
+            ..Default::default()
+        };
+        let run = |handler: &str| cri::RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.to_owned(),
+        };
+        let err = svc
+            .run_pod_sandbox(Request::new(run("kata")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("unknown runtime handler \"kata\""),
+            "{}",
+            err.message()
+        );
+
+        let id = svc
+            .run_pod_sandbox(Request::new(run("")))
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let err = svc
+            .run_pod_sandbox(Request::new(run("")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+
+        let status = svc
+            .pod_sandbox_status(Request::new(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id[..8].to_owned(),
+                verbose: false,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.status.unwrap().id, id);
+        let listed = svc
+            .list_pod_sandbox(Request::new(cri::ListPodSandboxRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert_eq!(listed.len(), 1);
+
+        svc.stop_pod_sandbox(Request::new(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        }))
+        .await
+        .unwrap();
+        svc.remove_pod_sandbox(Request::new(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        }))
+        .await
+        .unwrap();
+        let err = svc
+            .pod_sandbox_status(Request::new(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: false,
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        assert!(err.message().contains(&id), "{}", err.message());
+        // Unknown ids: stop and remove are idempotent, status is NotFound.
+        for unknown in ["0123", &"f".repeat(64)] {
+            svc.stop_pod_sandbox(Request::new(cri::StopPodSandboxRequest {
+                pod_sandbox_id: unknown.to_owned(),
+            }))
+            .await
+            .unwrap();
+            svc.remove_pod_sandbox(Request::new(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: unknown.to_owned(),
+            }))
+            .await
+            .unwrap();
+        }
     }
 }

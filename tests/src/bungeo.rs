@@ -189,6 +189,11 @@ impl Drop for Bungeo {
         {
             eprintln!("stopping bungeo: {err:#}");
         }
+        // Shims outlive the daemon on purpose; a test run must not.
+        let killed = crate::leftovers::kill_processes_under(self.dir.path());
+        if killed > 0 {
+            eprintln!("killed {killed} shim and container processes bungeo left running");
+        }
         if let Err(err) = unmount_under(self.dir.path()) {
             eprintln!("unmounting below {}: {err:#}", self.dir.path().display());
         }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use tempfile::TempDir;
 
 use crate::cri::Cri;
+use crate::images::PAUSE_REFERENCE;
 use crate::mounts::unmount_under;
 use crate::process::{Process, STOP_GRACE};
 use crate::registryhosts::{RegistryHosts, toml_string};
@@ -47,6 +48,10 @@ impl Containerd {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         hosts.write_containerd_certs_d(&certs_d)?;
+        // RunPodSandbox fails without a CNI network; this one gives pods loopback only.
+        let conflist = cni_conf.join(LOOPBACK_CONFLIST_NAME);
+        std::fs::write(&conflist, LOOPBACK_CONFLIST)
+            .with_context(|| format!("write {}", conflist.display()))?;
         let socket = base.join("containerd.sock");
         let config = config_toml(&root, &state, &socket, &certs_d, &cni_conf, base);
         let config_path = base.join("config.toml");
@@ -123,8 +128,18 @@ impl Drop for Containerd {
     }
 }
 
+/// File name of the CNI network containerd's pods get.
+pub const LOOPBACK_CONFLIST_NAME: &str = "10-loopback.conflist";
+/// A CNI network of the loopback interface alone: no host interfaces, bridges or firewall
+/// rules to clean up after a test. containerd 1.6 refuses a pod whose network result has no
+/// address for `eth0` ("failed to find network info for sandbox"), so the `static` IPAM
+/// plugin, run as the last plugin of the chain, answers one: an address of TEST-NET-1 that
+/// is configured nowhere (static touches no namespace, and its DEL does nothing).
+pub const LOOPBACK_CONFLIST: &str = r#"{"cniVersion":"0.4.0","name":"bungeo-loopback","plugins":[{"type":"loopback"},{"type":"static","ipam":{"addresses":[{"address":"192.0.2.10/24"}]}}]}"#;
+
 /// containerd's config (version 2): CRI on, oom_score_adj restricted (no CAP_SYS_RESOURCE
-/// here), cgroupfs for runc, registries from `certs_d`, and nothing written outside `base`.
+/// here), cgroupfs for runc, registries from `certs_d`, the test registry's pause image as
+/// the sandbox image, and nothing written outside `base`.
 fn config_toml(
     root: &Path,
     state: &Path,
@@ -158,6 +173,7 @@ disabled_plugins = [
   path = {opt}
 
 [plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox_image}
   restrict_oom_score_adj = true
   enable_selinux = false
   stream_server_address = "127.0.0.1"
@@ -187,6 +203,7 @@ disabled_plugins = [
         opt = s(&base.join("opt")),
         cni = s(cni_conf),
         certs = s(certs_d),
+        sandbox_image = toml_string(PAUSE_REFERENCE),
     )
 }
 
@@ -210,5 +227,6 @@ mod tests {
         assert!(text.contains("config_path = \"/tmp/x/certs.d\""));
         assert!(text.contains("path = \"/tmp/x/opt\""));
         assert!(text.contains("address = \"/tmp/x/c.sock.ttrpc\""));
+        assert!(text.contains("sandbox_image = \"docker.io/bungeo/pause:1\""));
     }
 }

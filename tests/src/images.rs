@@ -106,6 +106,12 @@ pub const UNCOMPRESSED: ImageName = ImageName::new("busybox", "uncompressed");
 pub const PLAIN: ImageName = ImageName::new("busybox", "latest");
 /// A Docker schema 1 manifest (served by the fake registry: docker-registry refuses it).
 pub const SCHEMA1: ImageName = ImageName::new("schema1", "latest");
+/// The sandbox ("pause") image containerd needs to run a pod: the busybox base sleeping for
+/// good. The suites push it under the docker.io mirror as [`PAUSE_REFERENCE`].
+pub const PAUSE: ImageName = ImageName::new("bungeo/pause", "1");
+/// How daemons name [`PAUSE`]: a docker.io name, which every daemon mirrors to the test
+/// registry.
+pub const PAUSE_REFERENCE: &str = "docker.io/bungeo/pause:1";
 /// A manifest whose layer blob does not match its digest (served by the fake registry).
 pub const BAD_DIGEST: ImageName = ImageName::new("bad", "digest");
 /// The base plus one 256 MiB layer of incompressible data.
@@ -612,6 +618,16 @@ impl Catalog {
                 )?],
             )?,
             single(PLAIN, ConfigSpec::default(), vec![base.clone()])?,
+            single(
+                PAUSE,
+                ConfigSpec {
+                    // Longer than any test: the largest value sleep accepts everywhere.
+                    entrypoint: vec!["/bin/sleep".into(), "2147483647".into()],
+                    cmd: Vec::new(),
+                    ..ConfigSpec::default()
+                },
+                vec![base.clone()],
+            )?,
             (SCHEMA1, schema1(&base_tree)?),
             (BAD_DIGEST, bad_digest()?),
         ];
@@ -942,11 +958,26 @@ mod tests {
                 assert!(ids.insert(id.to_string()), "{name} shares its image id");
             }
         }
+        // The registry images, the bad digest one and the pause image: all but schema 1.
         assert_eq!(
             ids.len(),
-            REGISTRY_IMAGES.len() + 1,
+            REGISTRY_IMAGES.len() + 2,
             "all but schema 1 have an id"
         );
+    }
+
+    #[test]
+    fn pause_image_sleeps_on_the_busybox_base() {
+        let c = catalog();
+        let pause = c.get(PAUSE).unwrap().host_manifest().unwrap();
+        let config: Value = serde_json::from_slice(&pause.config.data).unwrap();
+        assert_eq!(
+            config["config"]["Entrypoint"],
+            json!(["/bin/sleep", "2147483647"])
+        );
+        assert_eq!(config["config"]["Cmd"], json!([]));
+        assert_eq!(pause.layers, c.get(PLAIN).unwrap().host_layers());
+        assert!(PAUSE_REFERENCE.ends_with(&format!("/{}:{}", PAUSE.repo, PAUSE.tag)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cri;
 pub mod fakeregistry;
 pub mod images;
 pub mod layer;
+pub mod leftovers;
 pub mod mounts;
 pub mod process;
 pub mod registry;

@@ -15,7 +15,7 @@ use crate::containerd::Containerd;
 use crate::cri::{Cri, Target};
 use crate::fakeregistry::{FakeRegistry, TokenAuth};
 use crate::images::{
-    self, Catalog, FAKE_REGISTRY_IMAGES, Image, ImageName, PLAIN, Pusher, REGISTRY_IMAGES,
+    self, Catalog, FAKE_REGISTRY_IMAGES, Image, ImageName, PAUSE, PLAIN, Pusher, REGISTRY_IMAGES,
 };
 use crate::registry::Registry;
 use crate::registryhosts::RegistryHosts;
@@ -113,6 +113,10 @@ impl Fixture {
             // Short names resolve to docker.io, which every daemon mirrors to our registry.
             pusher
                 .push("library/busybox", Some("latest"), catalog.get(PLAIN)?)
+                .await?;
+            // containerd's sandbox image, as images::PAUSE_REFERENCE names it.
+            pusher
+                .push(PAUSE.repo, Some(PAUSE.tag), catalog.get(PAUSE)?)
                 .await?;
             let auth_pusher = Pusher::new(&auth_registry.host(), Some((AUTH_USER, AUTH_PASSWORD)));
             for name in REGISTRY_IMAGES {
