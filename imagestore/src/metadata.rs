@@ -15,6 +15,8 @@ const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const REFS: TableDefinition<&str, &str> = TableDefinition::new("refs");
 /// chain id → SnapshotRecord (JSON).
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
+/// holder (a container id) → the chain ids it keeps alive (JSON list).
+const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("holds");
 /// named counters.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -58,6 +60,7 @@ impl Metadata {
             txn.open_table(REFS)?;
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(COUNTERS)?;
+            txn.open_table(HOLDS)?;
         }
         txn.commit()?;
         Ok(Metadata { db })
@@ -137,6 +140,40 @@ impl Metadata {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// Records that `holder` uses these snapshots (a container's lower layers).
+    pub fn put_hold(&self, holder: &str, chain_ids: &[String]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(HOLDS)?;
+            table.insert(holder, encode(&chain_ids)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Forgets `holder`'s hold; whether there was one.
+    pub fn delete_hold(&self, holder: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let existed = {
+            let mut table = txn.open_table(HOLDS)?;
+            table.remove(holder)?.is_some()
+        };
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    /// Every hold: holder and the chain ids it keeps.
+    pub fn holds(&self) -> Result<Vec<(String, Vec<String>)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HOLDS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), decode(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Deletes snapshot records.

@@ -157,9 +157,12 @@ impl Inner {
                 .iter()
                 .flat_map(|i| i.blobs.iter().map(String::as_str))
                 .collect();
+            let holds = self.meta.holds()?;
+            // Snapshots a container still stands on stay, even after its image is removed.
             let chains: HashSet<&str> = images
                 .iter()
                 .flat_map(|i| i.chain_ids.iter().map(String::as_str))
+                .chain(holds.iter().flat_map(|(_, c)| c.iter().map(String::as_str)))
                 .collect();
             let dead: Vec<(String, u64)> = self
                 .meta
@@ -405,6 +408,44 @@ impl ImageStore {
             out.push(self.inner.snapshots.fs_dir(s.number));
         }
         Ok(out)
+    }
+
+    /// Keeps `image`'s snapshots alive for `holder` (a container) until `release`, whatever
+    /// happens to the image record; the hold is on disk, so it outlives a daemon restart.
+    /// Returns the overlay lower directories, top layer first.
+    pub fn hold(&self, holder: &str, image: &ImageRecord) -> Result<Vec<std::path::PathBuf>> {
+        {
+            // Under the lease lock, so a collection running now either sees the hold or has
+            // already finished and `lower_dirs` finds what is (not) left.
+            let _leases = self.inner.leases.lock().unwrap_or_else(|p| p.into_inner());
+            self.inner.meta.put_hold(holder, &image.chain_ids)?;
+        }
+        match self.lower_dirs(image) {
+            Ok(dirs) => Ok(dirs),
+            Err(e) => {
+                self.inner.meta.delete_hold(holder)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `holder`'s hold and collects what nothing references any more.
+    pub fn release(&self, holder: &str) -> Result<()> {
+        if self.inner.meta.delete_hold(holder)? {
+            self.inner.collect_garbage()?;
+        }
+        Ok(())
+    }
+
+    /// Every holder with a hold.
+    pub fn holders(&self) -> Result<Vec<String>> {
+        Ok(self
+            .inner
+            .meta
+            .holds()?
+            .into_iter()
+            .map(|(h, _)| h)
+            .collect())
     }
 
     /// Runs garbage collection now.

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use bungeo_tests::bungeo::Bungeo;
 use bungeo_tests::check;
 use bungeo_tests::cri::{Cri, Target};
-use bungeo_tests::images::{ENTRYPOINT, ImageName, PLAIN, USER_NAME, USER_UID};
+use bungeo_tests::images::{ENTRYPOINT, ImageName, PLAIN, USER_NAME, USER_UID, ZSTD};
 use bungeo_tests::leftovers;
 use bungeo_tests::suite::{Ctx, run_suite};
 use k8s_cri::v1::{
@@ -44,6 +44,7 @@ fn main() {
         check!(stop_timeout_then_kill),
         check!(same_name_and_attempt),
         check!(exec_sync),
+        check!(image_removed_under_running_container),
         check!(stop_and_remove_pod),
         check!(unknown_ids),
         check!(oom_killed),
@@ -1177,6 +1178,40 @@ async fn same_name_and_attempt(ctx: Ctx) -> Result<()> {
         // Removal frees the name.
         s.remove(&first).await?;
         s.create(&pod, container("dup", &image, &["true"])).await?;
+        Ok(())
+    })
+    .await
+}
+
+/// Removing the image of a running container must not pull the layers from under it: the
+/// container keeps running and reading its image's files. (Only this check uses the zstd image,
+/// so removing it cannot disturb the checks running beside it.)
+async fn image_removed_under_running_container(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "imgrm", async |s| {
+        let image = s.image(&ctx, ZSTD).await?;
+        let pod = s.pod("imgrm").await?;
+        let id = s
+            .run(&pod, container("user", &image, &["sleep", "1000"]))
+            .await?;
+        s.cri.remove_image(&image).await.context("RemoveImage")?;
+        ensure!(
+            s.cri.image_status(&image).await?.is_none(),
+            "{image} is still listed after RemoveImage"
+        );
+        let r = s
+            .exec(
+                &id,
+                &["sh", "-c", "cat /bin/busybox > /dev/null && ls /etc/passwd"],
+                10,
+            )
+            .await
+            .context("ExecSync after RemoveImage")?;
+        ensure_eq!(
+            (String::from_utf8_lossy(&r.stdout).into_owned(), r.exit_code),
+            ("/etc/passwd\n".to_string(), 0),
+            "reading the image's files after RemoveImage"
+        );
+        s.remove(&id).await.context("RemoveContainer")?;
         Ok(())
     })
     .await

@@ -265,7 +265,7 @@ impl Containers {
         create_dir(&work, 0o700, false)?;
         create_dir(&bundle, CONTAINER_DIR_MODE, false)?;
         create_dir(&rootfs, 0o755, false)?;
-        let lowers = self.store.lower_dirs(image)?;
+        let lowers = self.store.hold(&record.id, image)?;
         rootfs::mount_overlay(&lowers, &upper, &work, &rootfs)
             .map_err(|e| Error::runtime(format!("container {what}: mount its rootfs"), e))?;
 
@@ -400,7 +400,10 @@ impl Containers {
             .map_err(|e| Error::runtime(format!("container {id}: unmount its rootfs"), e))?;
         remove_dir_all(dir)?;
         remove_dir_all(&shim.state_dir)?;
-        remove_file(&shim.socket)
+        remove_file(&shim.socket)?;
+        // Last: the lower layers must outlive the overlay mounted on them.
+        self.store.release(id)?;
+        Ok(())
     }
 }
 

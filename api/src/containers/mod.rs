@@ -382,6 +382,12 @@ impl Containers {
     /// creating marker makes these impossible for the daemon itself; this catches what
     /// someone else left.
     fn remove_orphans(&self, known: &HashSet<String>) -> Result<()> {
+        for holder in self.store.holders()? {
+            if !known.contains(&holder) {
+                warn!(container_id = %holder, "releasing the image layers of a container that has no record");
+                self.store.release(&holder)?;
+            }
+        }
         let mut orphans = HashSet::new();
         let shims_dir = self.state.join(SHIMS_DIR);
         for dir in [&self.containers_dir, &shims_dir] {

@@ -362,7 +362,12 @@ fn init_setup(
     rootfs::pivot_root(sys, &init.rootfs).map_err(e2s)?;
     // Like runc, a working directory the image lacks is created (inside the new root, before
     // it may turn read-only), so an image WORKDIR that no layer holds still runs.
-    if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd()).filter(|c| c.is_absolute()) {
+    if let Some(cwd) = spec
+        .process()
+        .as_ref()
+        .map(|p| p.cwd())
+        .filter(|c| c.is_absolute())
+    {
         sys.mkdir_all(cwd, 0o755).map_err(e2s)?;
     }
     if let Some(sock) = &plan.console {
