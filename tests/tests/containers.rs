@@ -24,10 +24,11 @@ use k8s_cri::v1::{
     ContainerStateValue, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
     LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, Mount, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest,
-    ReopenContainerLogRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, Mount,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
 };
 use tonic::Code;
 
@@ -43,6 +44,8 @@ fn main() {
         check!(writable_layer_gone),
         check!(stop_timeout_then_kill),
         check!(same_name_and_attempt),
+        check!(next_attempt_after_exit),
+        check!(many_pods),
         check!(exec_sync),
         check!(image_removed_under_running_container),
         check!(stop_and_remove_pod),
@@ -1212,6 +1215,240 @@ async fn image_removed_under_running_container(ctx: Ctx) -> Result<()> {
             "reading the image's files after RemoveImage"
         );
         s.remove(&id).await.context("RemoveContainer")?;
+        Ok(())
+    })
+    .await
+}
+
+async fn next_attempt_after_exit(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "attempt", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let pod = s.pod("attempt").await?;
+        let first = s
+            .run(
+                &pod,
+                container("app", &image, &["sh", "-c", "echo first; exit 3"]),
+            )
+            .await?;
+        ensure_eq!(
+            s.exited(&first).await?.exit_code,
+            3,
+            "first attempt's exit code"
+        );
+        // kubelet restarts a container as the next attempt in the same pod, the exited one
+        // still there (its log and status are what `kubectl logs --previous` shows).
+        let mut next = container("app", &image, &["sleep", "1000"]);
+        next.metadata.as_mut().context("metadata")?.attempt = 1;
+        next.log_path = "app/1.log".into();
+        let second = s.run(&pod, next).await?;
+        ensure!(second != first, "attempt 1 got the id of attempt 0");
+        let st = s.status(&second).await?;
+        ensure_eq!(st.state(), ContainerState::ContainerRunning, "attempt 1");
+        ensure_eq!(
+            st.metadata.as_ref().map(|m| (m.name.as_str(), m.attempt)),
+            Some(("app", 1)),
+            "attempt 1's metadata"
+        );
+        let old = s.status(&first).await?;
+        ensure_eq!(old.state(), ContainerState::ContainerExited, "attempt 0");
+        ensure_eq!(old.exit_code, 3, "attempt 0's exit code after the restart");
+        let mut want = vec![first.clone(), second.clone()];
+        want.sort();
+        let listed = s
+            .listed_ids(ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            })
+            .await?;
+        ensure_eq!(listed, want, "the pod's containers");
+        ensure_eq!(s.stdout(&first, 1).await?, vec!["first"], "attempt 0's log");
+        Ok(())
+    })
+    .await
+}
+
+/// How many pods `many_pods` makes, and how many it has in flight at once.
+const MANY_PODS: usize = 50;
+const IN_FLIGHT: usize = 10;
+
+/// Runs `jobs` with at most [`IN_FLIGHT`] at a time; their outputs in completion order.
+async fn bounded<T, F>(jobs: Vec<F>) -> Result<Vec<T>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut queue = jobs.into_iter();
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::new();
+    loop {
+        while set.len() < IN_FLIGHT
+            && let Some(job) = queue.next()
+        {
+            set.spawn(job);
+        }
+        match set.join_next().await {
+            Some(done) => out.push(done.context("a pod task panicked")?),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// RunPodSandbox, CreateContainer and StartContainer on a client of its own: the pod's id
+/// if it was made, and the container's if all three succeeded.
+async fn start_pod(
+    mut cri: Cri,
+    sandbox: PodSandboxConfig,
+    config: ContainerConfig,
+) -> (PodSandboxConfig, Option<String>, Result<String>) {
+    let pod = match cri
+        .runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().pod_sandbox_id,
+        Err(e) => return (sandbox, None, Err(e).context("RunPodSandbox")),
+    };
+    let container = async {
+        let id = cri
+            .runtime
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .context("CreateContainer")?
+            .into_inner()
+            .container_id;
+        cri.runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .with_context(|| format!("StartContainer {id}"))?;
+        anyhow::Ok(id)
+    }
+    .await
+    .with_context(|| format!("pod {pod}"));
+    (sandbox, Some(pod), container)
+}
+
+/// StopPodSandbox then RemovePodSandbox on a client of its own.
+async fn remove_pod(mut cri: Cri, pod: String) -> Result<()> {
+    cri.runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .with_context(|| format!("StopPodSandbox {pod}"))?;
+    cri.runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .with_context(|| format!("RemovePodSandbox {pod}"))?;
+    Ok(())
+}
+
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+}
+
+async fn many_pods(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "many", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let mut jobs = Vec::new();
+        for i in 0..MANY_PODS {
+            let sandbox = s.pod_config(&format!("many-{i}"));
+            std::fs::create_dir_all(Path::new(&sandbox.log_directory).join("sleeper"))?;
+            let config = container("sleeper", &image, &["sleep", "1000"]);
+            jobs.push(start_pod(s.cri.clone(), sandbox, config));
+        }
+        let mut containers = Vec::new();
+        let mut first_error = None;
+        for (sandbox, pod, container) in bounded(jobs).await? {
+            if let Some(pod) = pod {
+                s.pods.push((pod, sandbox));
+            }
+            match container {
+                Ok(id) => containers.push(id),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.context(format!("starting {MANY_PODS} pods, {IN_FLIGHT} at a time")));
+        }
+        ensure_eq!(s.pods.len(), MANY_PODS, "pods made");
+
+        let pods: Vec<String> = s.pods.iter().map(|(id, _)| id.clone()).collect();
+        let listed = s.list(ContainerFilter::default()).await?;
+        let running = listed
+            .iter()
+            .filter(|c| pods.contains(&c.pod_sandbox_id))
+            .filter(|c| c.state() == ContainerState::ContainerRunning)
+            .count();
+        ensure_eq!(running, MANY_PODS, "running containers of the check's pods");
+        // The containers and their parents (the shims) must all be gone at the end.
+        let mut processes = Vec::new();
+        for id in &containers {
+            let pid = s.pid(id).await?;
+            processes.push(pid);
+            processes.extend(parent_pid(pid).filter(|p| *p > 1));
+        }
+        processes.sort();
+        processes.dedup();
+
+        let removals = pods
+            .iter()
+            .map(|pod| remove_pod(s.cri.clone(), pod.clone()))
+            .collect();
+        for removed in bounded(removals).await? {
+            removed?;
+        }
+        s.pods.clear();
+
+        let left = s
+            .cri
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: HashMap::from([("check".to_string(), s.unique.clone())]),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .context("ListPodSandbox")?
+            .into_inner()
+            .items;
+        ensure!(left.is_empty(), "pods left after removal: {left:?}");
+        let left: Vec<String> = s
+            .list(ContainerFilter::default())
+            .await?
+            .into_iter()
+            .filter(|c| containers.contains(&c.id))
+            .map(|c| c.id)
+            .collect();
+        ensure!(left.is_empty(), "containers left after removal: {left:?}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let living: Vec<i32> = processes.iter().copied().filter(|p| alive(*p)).collect();
+            if living.is_empty() {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "processes of removed pods still alive after {WAIT:?}: {living:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     })
     .await
