@@ -40,14 +40,22 @@ pub struct NamespacePins {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The pod's shared pid namespace (PID mode POD), held by its infra process.
+    #[serde(default)]
+    pub pid: Option<PathBuf>,
 }
 
 impl NamespacePins {
     /// Every pin, with its kind's name.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Path)> {
-        [("net", &self.net), ("ipc", &self.ipc), ("uts", &self.uts)]
-            .into_iter()
-            .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
+        [
+            ("net", &self.net),
+            ("ipc", &self.ipc),
+            ("uts", &self.uts),
+            ("pid", &self.pid),
+        ]
+        .into_iter()
+        .filter_map(|(kind, path)| path.as_deref().map(|p| (kind, p)))
     }
 }
 
@@ -74,6 +82,17 @@ pub struct SandboxRecord {
     pub namespaces: NamespacePins,
     /// The pod's `/dev/shm` tmpfs, `None` when the pod uses the node's IPC (and `/dev/shm`).
     pub shm: Option<PathBuf>,
+    /// The infra process holding the pod's shared pid namespace, if it has one.
+    #[serde(default)]
+    pub infra: Option<InfraProcess>,
+}
+
+/// A sandbox's infra process: its host pid and start time (field 22 of `/proc/<pid>/stat`),
+/// which tells it from a later process given the same pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfraProcess {
+    pub pid: i32,
+    pub start_time: u64,
 }
 
 /// The open records database.
@@ -237,12 +256,17 @@ mod tests {
                 net: Some(PathBuf::from("/run/bungeo/ns").join(id).join("net")),
                 ipc: None,
                 uts: Some(PathBuf::from("/run/bungeo/ns").join(id).join("uts")),
+                pid: Some(PathBuf::from("/run/bungeo/ns").join(id).join("pid")),
             },
             shm: Some(
                 PathBuf::from("/var/lib/bungeo/sandboxes")
                     .join(id)
                     .join("shm"),
             ),
+            infra: Some(InfraProcess {
+                pid: 4242,
+                start_time: 123_456,
+            }),
         }
     }
 

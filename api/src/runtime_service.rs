@@ -632,6 +632,18 @@ mod tests {
                 attempt: 0,
             }),
             hostname: "svc".into(),
+            // PID mode CONTAINER: a shared pid namespace would start the real infra binary,
+            // which the e2e suites cover.
+            linux: Some(cri::LinuxPodSandboxConfig {
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let run = |handler: &str| cri::RunPodSandboxRequest {

@@ -1,7 +1,9 @@
 //! Pod sandboxes: their state machine (creating → ready → not ready → removed) and their pieces
 //! on disk: `<root>/sandboxes/<id>/` with `hostname`, `hosts`, `resolv.conf` and the `shm`
 //! tmpfs, and the pinned net, ipc and uts namespaces under `<state>/ns/<id>/`. There is no
-//! pause process: the pins keep the namespaces alive.
+//! pause process: the pins keep the namespaces alive. Only a pod that shares one pid namespace
+//! (PID mode POD) gets an infra process (`bungeo-shim infra`), pid 1 of that namespace, whose
+//! namespace is pinned beside the others; it is killed when the pod stops.
 //!
 //! Crash safety: a record in the `creating` phase is committed before anything is made, and
 //! marked `ready` only once everything is. A record still `creating` when the daemon starts is
@@ -31,7 +33,9 @@ use crate::config::{CgroupDriver, Config};
 use crate::errors::{Error, Result};
 use crate::filters;
 use crate::ids;
-use crate::records::{NamespacePins, RECORDS_FILE, Records, SandboxPhase, SandboxRecord};
+use crate::records::{
+    InfraProcess, NamespacePins, RECORDS_FILE, Records, SandboxPhase, SandboxRecord,
+};
 use crate::sandbox_files::{
     HOSTNAME_FILE, HOSTS_FILE, NodeFiles, RESOLV_CONF_FILE, SHM_DIR, render_hostname, render_hosts,
     render_resolv_conf, validate_hostname,
@@ -43,6 +47,8 @@ pub const SANDBOXES_DIR: &str = "sandboxes";
 pub const NS_DIR: &str = "ns";
 /// Size of a pod's `/dev/shm` tmpfs (containerd's and Docker's default).
 pub const SHM_SIZE: u64 = 64 << 20;
+/// The infra process's pidfile in the sandbox's directory.
+const INFRA_PIDFILE: &str = "infra.pid";
 /// Mode of a sandbox's directory: its files are bound into containers, never browsed.
 const SANDBOX_DIR_MODE: u32 = 0o711;
 /// Mode of the files in it: containers of any user read them.
@@ -64,6 +70,8 @@ pub struct SandboxSettings {
     pub runtime_handlers: Vec<String>,
     /// The node's resolv.conf, hosts and hostname.
     pub node: NodeFiles,
+    /// The `bungeo-shim` executable, which runs the infra of pods sharing a pid namespace.
+    pub shim: PathBuf,
 }
 
 impl SandboxSettings {
@@ -75,6 +83,9 @@ impl SandboxSettings {
             cgroup_driver: config.cgroup_driver,
             runtime_handlers: config.runtime_handlers.clone(),
             node: NodeFiles::default(),
+            shim: crate::containers::ContainerSettings::from_config(config)
+                .shim
+                .shim,
         }
     }
 }
@@ -98,6 +109,7 @@ pub struct Sandboxes {
     cgroup_driver: CgroupDriver,
     runtime_handlers: Vec<String>,
     node: NodeFiles,
+    shim: PathBuf,
     records: Records,
     index: Mutex<Index>,
 }
@@ -111,6 +123,8 @@ struct Plan {
     hostname: String,
     host_network: bool,
     host_ipc: bool,
+    /// PID mode POD: the containers share one pid namespace, held by an infra process.
+    shared_pid: bool,
     /// The rendered resolv.conf, or `None` to copy the node's.
     resolv_conf: Option<String>,
 }
@@ -216,6 +230,7 @@ impl Sandboxes {
             cgroup_driver: settings.cgroup_driver,
             runtime_handlers: settings.runtime_handlers,
             node: settings.node,
+            shim: settings.shim,
             records,
             index: Mutex::new(Index::default()),
         };
@@ -233,6 +248,7 @@ impl Sandboxes {
             match record.phase {
                 SandboxPhase::Creating => {
                     warn!("removing a pod sandbox that a crash left half-created");
+                    kill_infra(&record);
                     match self.teardown(&record.id, &record.dir, &record.ns_dir) {
                         Ok(()) => self.records.delete_sandbox(&record.id)?,
                         Err(e) => warn!(
@@ -342,6 +358,7 @@ impl Sandboxes {
         }
         let host_network = mode(ns.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
+        let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
 
         validate_sysctls(&linux.sysctls, host_ipc, host_network)
             .map_err(|e| Error::runtime(format!("pod {name}"), e))?;
@@ -360,6 +377,7 @@ impl Sandboxes {
             hostname,
             host_network,
             host_ipc,
+            shared_pid,
             resolv_conf,
         })
     }
@@ -453,6 +471,7 @@ impl Sandboxes {
             ns_dir: self.ns_dir.join(id),
             namespaces: NamespacePins::default(),
             shm: None,
+            infra: None,
         }
     }
 
@@ -463,7 +482,56 @@ impl Sandboxes {
             record.shm = Some(self.mount_shm(record)?);
         }
         record.namespaces = self.pin(record, plan)?;
+        if plan.shared_pid {
+            // Recorded before anything else: a crash from here on kills it at the next start.
+            let infra = self.start_infra(record)?;
+            record.infra = Some(infra);
+            self.records.put_sandbox(record)?;
+            let pinned =
+                namespaces::pin_pid_namespace_of(&record.ns_dir, infra.pid).map_err(|e| {
+                    Error::runtime(
+                        format!("pod sandbox {}: pin its pid namespace", record.id),
+                        e,
+                    )
+                })?;
+            record.namespaces.pid = Some(pinned);
+        }
         Ok(())
+    }
+
+    /// Runs `bungeo-shim infra`, which returns once the infra runs, detached, and its pid is
+    /// in the pidfile.
+    fn start_infra(&self, record: &SandboxRecord) -> Result<InfraProcess> {
+        let failed = |message: String| Error::Shim {
+            what: format!("pod sandbox {}: start its infra process", record.id),
+            message,
+        };
+        let pidfile = record.dir.join(INFRA_PIDFILE);
+        let output = std::process::Command::new(&self.shim)
+            .arg("infra")
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| failed(format!("run {}: {e}", self.shim.display())))?;
+        if !output.status.success() {
+            return Err(failed(format!(
+                "{} infra: {}: {}",
+                self.shim.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let text = std::fs::read_to_string(&pidfile)
+            .map_err(|e| Error::io("read infra pidfile", &pidfile, e))?;
+        let pid: i32 = text
+            .trim()
+            .parse()
+            .map_err(|_| failed(format!("{} holds no pid: {text:?}", pidfile.display())))?;
+        let start_time = proc_start_time(pid)
+            .ok_or_else(|| failed(format!("infra process {pid} exited at once")))?;
+        debug!(pid, "infra process started");
+        Ok(InfraProcess { pid, start_time })
     }
 
     fn write_files(&self, record: &SandboxRecord, plan: &Plan) -> Result<()> {
@@ -515,12 +583,14 @@ impl Sandboxes {
             net: pinned.net,
             ipc: pinned.ipc,
             uts: pinned.uts,
+            pid: None,
         })
     }
 
     /// Undoes a failed creation. What cannot be undone stays with its `creating` record, for
     /// the next start to finish.
     fn roll_back(&self, record: &SandboxRecord) {
+        kill_infra(record);
         match self.teardown(&record.id, &record.dir, &record.ns_dir) {
             Ok(()) => {
                 if let Err(e) = self.records.delete_sandbox(&record.id) {
@@ -591,6 +661,8 @@ impl Sandboxes {
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        // Its containers are stopped by now, so nothing of the pod runs in its pid namespace.
+        kill_infra(record);
         if record.phase == SandboxPhase::Ready {
             self.set_phase(record, SandboxPhase::NotReady)?;
             info!("pod sandbox stopped");
@@ -622,6 +694,7 @@ impl Sandboxes {
             // Should the removal be cut short, the pod must not look ready with pieces gone.
             self.set_phase(record, SandboxPhase::NotReady)?;
         }
+        kill_infra(record);
         self.teardown(&record.id, &record.dir, &record.ns_dir)?;
         self.records.delete_sandbox(&record.id)?;
         let name = record.config.metadata.as_ref().map(reservation_name);
@@ -678,6 +751,36 @@ impl Sandboxes {
             .collect();
         out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         out
+    }
+}
+
+/// Field 22 (starttime) of `/proc/<pid>/stat`, `None` when there is no such process.
+fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The comm (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the infra process still runs (the same process, not a later one with its pid).
+pub fn infra_running(infra: &InfraProcess) -> bool {
+    proc_start_time(infra.pid) == Some(infra.start_time)
+}
+
+/// Kills a sandbox's infra process, if it has one that still runs.
+fn kill_infra(record: &SandboxRecord) {
+    let Some(infra) = record.infra else {
+        return;
+    };
+    if !infra_running(&infra) {
+        return;
+    }
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(infra.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    ) {
+        Ok(()) => debug!(pid = infra.pid, "infra process killed"),
+        Err(e) => warn!(pid = infra.pid, error = %e, "could not kill the infra process"),
     }
 }
 
@@ -791,6 +894,9 @@ mod tests {
                     hosts: base.join("node-hosts"),
                     hostname: base.join("node-hostname"),
                 },
+                // Unit tests make no infra (their pods use PID mode CONTAINER): the e2e
+                // suites cover it with the real binary.
+                shim: base.join("no-bungeo-shim"),
             }
         }
 
@@ -865,6 +971,13 @@ mod tests {
                     "net.ipv4.ip_unprivileged_port_start".to_owned(),
                     "0".to_owned(),
                 )]),
+                security_context: Some(cri::LinuxSandboxSecurityContext {
+                    namespace_options: Some(cri::NamespaceOption {
+                        pid: cri::NamespaceMode::Container as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1036,6 +1149,7 @@ mod tests {
                 net: None,
                 ipc: Some(ns.join("ipc")),
                 uts: None,
+                pid: None,
             }
         );
         assert_eq!(record.shm, Some(record.dir.join("shm")));

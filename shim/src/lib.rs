@@ -18,6 +18,7 @@ pub mod cri_log;
 pub mod detach;
 pub mod error;
 pub mod exit_record;
+pub mod infra;
 pub mod launch;
 pub mod oom;
 pub mod rfc3339;

@@ -3,6 +3,15 @@
 
 fn main() {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "infra") {
+        let launched =
+            bungeo_shim::infra::parse_args(&args[1..]).and_then(|p| bungeo_shim::infra::launch(&p));
+        if let Err(e) = launched {
+            eprintln!("bungeo-shim infra: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{}", bungeo_shim::config::USAGE);
         return;

@@ -47,6 +47,7 @@ fn main() {
         check!(next_attempt_after_exit),
         check!(many_pods),
         check!(exec_sync),
+        check!(shared_pid_namespace),
         check!(image_removed_under_running_container),
         check!(stop_and_remove_pod),
         check!(unknown_ids),
@@ -1522,6 +1523,71 @@ async fn exec_sync(ctx: Ctx) -> Result<()> {
         if s.target == Target::Bungeo {
             ensure_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
         }
+        Ok(())
+    })
+    .await
+}
+
+/// A pod in PID mode POD: its containers see each other's processes, and pid 1 is the pod's
+/// infra process (bungeo's `bungeo-infra`; containerd's pause, which the test pause image
+/// runs as a busybox `sleep`).
+async fn shared_pid_namespace(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "shared-pid", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let mut config = s.pod_config("shared-pid");
+        let options = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|c| c.namespace_options.as_mut())
+            .context("the pod config has namespace options")?;
+        options.pid = NamespaceMode::Pod as i32;
+        std::fs::create_dir_all(&config.log_directory)?;
+        let pod = s
+            .cri
+            .runtime
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .context("RunPodSandbox with PID mode POD")?
+            .into_inner()
+            .pod_sandbox_id;
+        s.pods.push((pod.clone(), config));
+
+        let mut ids = Vec::new();
+        for name in ["first", "second"] {
+            let mut config = container(name, &image, &["sleep", "1000"]);
+            let options = security(&mut config)
+                .namespace_options
+                .get_or_insert_with(Default::default);
+            options.pid = NamespaceMode::Pod as i32;
+            ids.push(s.run(&pod, config).await?);
+        }
+        let ps = s
+            .exec(&ids[0], &["ps", "-o", "pid,comm"], 10)
+            .await
+            .context("ExecSync ps")?;
+        let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+        let sleeps = ps
+            .lines()
+            .filter(|l| {
+                let mut fields = l.split_whitespace();
+                fields.next() != Some("1") && fields.next() == Some("sleep")
+            })
+            .count();
+        ensure_eq!(sleeps, 2, "sleep processes seen from one container:\n{ps}");
+        let init = s
+            .exec(&ids[1], &["cat", "/proc/1/comm"], 10)
+            .await
+            .context("ExecSync cat /proc/1/comm")?;
+        let init = String::from_utf8_lossy(&init.stdout).trim().to_owned();
+        let want = match s.target {
+            Target::Bungeo => "bungeo-infra",
+            Target::Containerd => "sleep",
+        };
+        ensure_eq!(init.as_str(), want, "pid 1 of the pod");
         Ok(())
     })
     .await

@@ -270,6 +270,7 @@ impl Containers {
             .map_err(|e| Error::runtime(format!("container {what}: mount its rootfs"), e))?;
 
         let target_pid_namespace = self.target_pid_namespace(&record.config)?;
+        let pod_pid = self.pod_pid_namespace(&record.config, sandbox)?;
         let files = SandboxFiles {
             hosts: Some(sandbox.dir.join(HOSTS_FILE)),
             resolv_conf: Some(sandbox.dir.join(RESOLV_CONF_FILE)),
@@ -280,7 +281,7 @@ impl Containers {
             net: sandbox.namespaces.net.clone(),
             ipc: sandbox.namespaces.ipc.clone(),
             uts: sandbox.namespaces.uts.clone(),
-            pid: None,
+            pid: pod_pid,
         };
         let spec = spec::generate(&SpecInput {
             container_id: &record.id,
@@ -328,6 +329,40 @@ impl Containers {
             .create(&bundle, log.as_deref(), record.config.tty)
             .map_err(|e| shim_error(&what, "create", e))?;
         Ok(())
+    }
+
+    /// The pod's pinned pid namespace, for a container in PID mode POD of a pod that has one;
+    /// FailedPrecondition when the infra process that holds it is gone (a namespace whose pid
+    /// 1 has exited takes no new processes).
+    fn pod_pid_namespace(
+        &self,
+        config: &cri::ContainerConfig,
+        sandbox: &SandboxRecord,
+    ) -> Result<Option<PathBuf>> {
+        let Some(pinned) = &sandbox.namespaces.pid else {
+            return Ok(None);
+        };
+        let mode = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref())
+            .map_or(cri::NamespaceMode::Pod as i32, |o| o.pid);
+        if mode != cri::NamespaceMode::Pod as i32 {
+            return Ok(None);
+        }
+        if !sandbox
+            .infra
+            .as_ref()
+            .is_some_and(crate::sandbox::infra_running)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "CreateContainer: pod sandbox {} shares one pid namespace, and its infra \
+                 process is gone (was the pod stopped?): no container can join it",
+                sandbox.id
+            )));
+        }
+        Ok(Some(pinned.clone()))
     }
 
     /// `/proc/<pid>/ns/pid` of the target container, for a container that asks to share the

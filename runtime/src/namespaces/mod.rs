@@ -17,7 +17,7 @@ mod loopback;
 mod pin;
 
 pub use loopback::{loopback_is_up, set_loopback_up};
-pub use pin::{PinnedNamespaces, pin, unpin};
+pub use pin::{PinnedNamespaces, pin, pin_pid_namespace_of, unpin};
 
 /// One kind of Linux namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -168,6 +168,43 @@ fn pin_in_thread(
     Ok(())
 }
 
+/// Pins the pid namespace of process `pid` at `dir/pid` (a pid namespace cannot be created
+/// by a thread for itself: it takes a process that lives in it, such as the sandbox's infra).
+/// [`unpin`] removes it with the others.
+pub fn pin_pid_namespace_of(dir: &Path, pid: i32) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create namespace dir", dir, e))?;
+    let target = dir.join(NsKind::Pid.proc_name());
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&target)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            return Err(Error::InvalidArgument(format!(
+                "cannot pin pid namespace at {}: the file exists (already pinned?)",
+                target.display()
+            )));
+        }
+        Err(e) => return Err(Error::io("create namespace pin", &target, e)),
+    }
+    let source = format!("/proc/{pid}/ns/pid");
+    if let Err(e) = mount(
+        Some(source.as_str()),
+        &target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        let _ = std::fs::remove_file(&target);
+        return Err(Error::sys(
+            format!("bind mount {source} on {}", target.display()),
+            e,
+        ));
+    }
+    Ok(target)
+}
+
 /// Undoes a partial [`pin`] when dropped armed.
 struct Rollback<'a> {
     dir: &'a Path,
@@ -233,7 +270,7 @@ fn unmount_all(path: &Path) -> Result<()> {
 /// Unmounts and removes the pins under `dir` and `dir` itself. Missing pins are fine, so this
 /// can be repeated after a partial failure or a crash.
 pub fn unpin(dir: &Path) -> Result<()> {
-    for kind in PINNABLE {
+    for kind in PINNABLE.into_iter().chain([NsKind::Pid]) {
         let path = dir.join(kind.proc_name());
         unmount_all(&path)?;
         match std::fs::remove_file(&path) {
@@ -345,6 +382,22 @@ mod tests {
             assert!(!is_mounted(&dir.join(kind.proc_name())));
         }
         unpin(&dir).expect("unpin is idempotent");
+    }
+
+    #[test]
+    fn pin_pid_namespace_of_a_process_and_unpin_removes_it() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("sandbox-pid");
+        let _guard = Unpin(dir.clone());
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let pinned = pin_pid_namespace_of(&dir, me).expect("pin pid namespace");
+        assert_eq!(pinned, dir.join("pid"));
+        assert!(is_mounted(&pinned));
+        assert!(same_namespace(&pinned, Path::new("/proc/self/ns/pid")).expect("stat"));
+        assert!(pin_pid_namespace_of(&dir, me).is_err(), "pinned twice");
+        unpin(&dir).expect("unpin");
+        assert!(!is_mounted(&pinned));
+        assert!(!dir.exists());
     }
 
     #[test]
