@@ -13,6 +13,7 @@ pub mod image_service;
 pub mod listener;
 pub mod logging;
 pub mod records;
+mod reservation;
 pub mod runtime_service;
 pub mod sandbox;
 pub mod sandbox_files;

@@ -13,12 +13,13 @@
 //! Every method blocks (mounts, files, the database): the CRI service calls them off the async
 //! workers.
 
+use crate::reservation::{NameReservation, ReservedNames, lock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, Permissions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bungeo_runtime::cgroups::cgroupfs_path;
@@ -138,12 +139,6 @@ fn reservation_name(metadata: &cri::PodSandboxMetadata) -> String {
     )
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not wedge every later call; the data under these locks is
-    // replaced whole, never left half-updated.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn now_ns() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -184,29 +179,9 @@ fn pieces_mounted(record: &SandboxRecord, mounts: &HashSet<PathBuf>) -> bool {
         && record.shm.as_ref().is_none_or(|p| mounts.contains(p))
 }
 
-/// Holds a reservation name until kept; dropped unkept (failure, panic) it frees the name.
-struct NameReservation<'a> {
-    index: &'a Mutex<Index>,
-    name: String,
-    id: String,
-    kept: bool,
-}
-
-impl NameReservation<'_> {
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for NameReservation<'_> {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        let mut index = lock(self.index);
-        if index.names.get(&self.name) == Some(&self.id) {
-            index.names.remove(&self.name);
-        }
+impl ReservedNames for Index {
+    fn names(&mut self) -> &mut HashMap<String, String> {
+        &mut self.names
     }
 }
 
@@ -403,20 +378,14 @@ impl Sandboxes {
         }
     }
 
-    fn reserve(&self, name: &str, id: &str) -> Result<NameReservation<'_>> {
+    fn reserve(&self, name: &str, id: &str) -> Result<NameReservation<'_, Index>> {
         let mut index = lock(&self.index);
         if let Some(owner) = index.names.get(name) {
             return Err(Error::AlreadyExists(format!(
                 "pod sandbox name {name:?} is reserved for pod sandbox {owner}"
             )));
         }
-        index.names.insert(name.to_owned(), id.to_owned());
-        Ok(NameReservation {
-            index: &self.index,
-            name: name.to_owned(),
-            id: id.to_owned(),
-            kept: false,
-        })
+        Ok(NameReservation::take(&self.index, &mut index, name, id))
     }
 
     /// RunPodSandbox: creates a ready sandbox and returns its id. On failure nothing of it is

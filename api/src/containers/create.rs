@@ -20,7 +20,7 @@ use super::record::{
     WORK_DIR, cri_resources, cri_user,
 };
 use super::{
-    CONTAINER_DIR_MODE, Containers, Entry, NameReservation, create_dir, lock, now_ns,
+    CONTAINER_DIR_MODE, Containers, Entry, Index, NameReservation, create_dir, lock, now_ns,
     remove_dir_all, remove_file, shim_error,
 };
 use crate::config::CgroupDriver;
@@ -171,20 +171,14 @@ impl Containers {
         Ok(id)
     }
 
-    fn reserve(&self, name: &str, id: &str) -> Result<NameReservation<'_>> {
+    fn reserve(&self, name: &str, id: &str) -> Result<NameReservation<'_, Index>> {
         let mut index = lock(&self.index);
         if let Some(owner) = index.names.get(name) {
             return Err(Error::AlreadyExists(format!(
                 "container name {name:?} is reserved for container {owner}"
             )));
         }
-        index.names.insert(name.to_owned(), id.to_owned());
-        Ok(NameReservation {
-            index: &self.index,
-            name: name.to_owned(),
-            id: id.to_owned(),
-            kept: false,
-        })
+        Ok(NameReservation::take(&self.index, &mut index, name, id))
     }
 
     /// The record of a container about to be built, in the `creating` phase.

@@ -24,12 +24,14 @@ mod exec;
 mod lifecycle;
 pub mod record;
 
+use crate::reservation::ReservedNames;
+pub(crate) use crate::reservation::{NameReservation, lock};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{DirBuilder, Permissions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bungeo_imagestore::ImageStore;
@@ -147,12 +149,6 @@ pub struct Containers {
     apparmor: bool,
 }
 
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere must not wedge every later call; the data under these locks is
-    // replaced whole, never left half-updated.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Nanoseconds since the epoch.
 pub(crate) fn ns_of(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -218,29 +214,9 @@ fn exit_from_disk(paths: &ShimPaths) -> Option<ExitInfo> {
     }
 }
 
-/// Holds a reservation name until kept; dropped unkept (failure, panic) it frees the name.
-struct NameReservation<'a> {
-    index: &'a Mutex<Index>,
-    name: String,
-    id: String,
-    kept: bool,
-}
-
-impl NameReservation<'_> {
-    fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for NameReservation<'_> {
-    fn drop(&mut self) {
-        if self.kept {
-            return;
-        }
-        let mut index = lock(self.index);
-        if index.names.get(&self.name) == Some(&self.id) {
-            index.names.remove(&self.name);
-        }
+impl ReservedNames for Index {
+    fn names(&mut self) -> &mut HashMap<String, String> {
+        &mut self.names
     }
 }
 
