@@ -5,6 +5,7 @@
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 
+use bungeo_runtime::cni::RuntimeArgs;
 use k8s_cri::v1 as cri;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,28 @@ pub struct SandboxRecord {
     /// The infra process holding the pod's shared pid namespace, if it has one.
     #[serde(default)]
     pub infra: Option<InfraProcess>,
+    /// The pod's CNI network, `None` on the node's network. Recorded before the ADD runs, so
+    /// whatever happens after, a DEL can follow.
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
+}
+
+/// What a pod's CNI network was set up with, and what DEL needs to take it down.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxNetwork {
+    /// The network's name.
+    pub name: String,
+    /// The config list exactly as ADD used it (a `.conf` appears wrapped).
+    pub conflist: String,
+    /// What the plugins were called with: container id, netns, ifname, CNI_ARGS, capability
+    /// arguments.
+    pub args: RuntimeArgs,
+    /// The ADD's result as the last plugin wrote it; `None` until ADD succeeded.
+    pub result: Option<serde_json::Value>,
+    /// The pod's IPs from the result, IPv4 first.
+    pub ips: Vec<String>,
+    /// DEL succeeded (at StopPodSandbox); RemovePodSandbox then does not repeat it.
+    pub torn_down: bool,
 }
 
 /// A sandbox's infra process: its host pid and start time (field 22 of `/proc/<pid>/stat`),
@@ -267,6 +290,21 @@ mod tests {
                 pid: 4242,
                 start_time: 123_456,
             }),
+            network: Some(SandboxNetwork {
+                name: "bungeo".into(),
+                conflist: r#"{"cniVersion":"1.0.0","name":"bungeo","plugins":[{"type":"bridge"}]}"#
+                    .into(),
+                args: RuntimeArgs {
+                    container_id: id.to_owned(),
+                    netns: PathBuf::from("/run/bungeo/ns").join(id).join("net"),
+                    ifname: "eth0".into(),
+                    args: vec![("IgnoreUnknown".into(), "1".into())],
+                    capabilities: Default::default(),
+                },
+                result: Some(serde_json::json!({"cniVersion": "1.0.0", "ips": []})),
+                ips: vec!["10.88.0.2".into(), "fd00::2".into()],
+                torn_down: false,
+            }),
         }
     }
 
@@ -301,6 +339,14 @@ mod tests {
         assert_eq!(json["phase"], "ready");
         assert_eq!(json["config"]["metadata"]["name"], "web");
         assert_eq!(json["namespaces"]["ipc"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn records_written_before_pod_networking_still_load() {
+        let mut json = serde_json::to_value(record("a")).unwrap();
+        json.as_object_mut().unwrap().remove("network");
+        let old: SandboxRecord = serde_json::from_value(json).unwrap();
+        assert_eq!(old.network, None);
     }
 
     #[test]

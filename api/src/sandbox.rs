@@ -5,8 +5,16 @@
 //! (PID mode POD) gets an infra process (`bungeo-shim infra`), pid 1 of that namespace, whose
 //! namespace is pinned beside the others; it is killed when the pod stops.
 //!
+//! A pod with its own network namespace gets its CNI network (see [`crate::network`]): ADD
+//! once its namespaces are pinned, then its `hosts` file names its IPs. DEL runs at
+//! StopPodSandbox, as containerd does, and again at RemovePodSandbox unless it succeeded
+//! already. A DEL that cannot find a plugin binary (uninstalled since) is logged and taken as
+//! done, since a DEL that can never succeed would wedge the pod forever; what the plugin held
+//! (an IP allocation) may then stay behind. Any other DEL failure fails the call, for kubelet
+//! to retry.
+//!
 //! Crash safety: a record in the `creating` phase is committed before anything is made, and
-//! marked `ready` only once everything is. A record still `creating` when the daemon starts is
+//! marked `ready` only once everything is. It holds what DEL needs before ADD runs. A record still `creating` when the daemon starts is
 //! what a `kill -9` mid-creation left, and its pieces are removed with it. Removal deletes the
 //! record last, so a crash mid-removal leaves a not-ready pod that RemovePodSandbox finishes.
 //!
@@ -34,6 +42,7 @@ use crate::config::{CgroupDriver, Config};
 use crate::errors::{Error, Result};
 use crate::filters;
 use crate::ids;
+use crate::network::{NetworkSettings, PodNetworks};
 use crate::records::{
     InfraProcess, NamespacePins, RECORDS_FILE, Records, SandboxPhase, SandboxRecord,
 };
@@ -73,6 +82,8 @@ pub struct SandboxSettings {
     pub node: NodeFiles,
     /// The `bungeo-shim` executable, which runs the infra of pods sharing a pid namespace.
     pub shim: PathBuf,
+    /// Pod networking (CNI).
+    pub network: NetworkSettings,
 }
 
 impl SandboxSettings {
@@ -87,6 +98,7 @@ impl SandboxSettings {
             shim: crate::containers::ContainerSettings::from_config(config)
                 .shim
                 .shim,
+            network: NetworkSettings::from_config(config),
         }
     }
 }
@@ -111,6 +123,7 @@ pub struct Sandboxes {
     runtime_handlers: Vec<String>,
     node: NodeFiles,
     shim: PathBuf,
+    network: PodNetworks,
     records: Records,
     index: Mutex<Index>,
 }
@@ -206,6 +219,7 @@ impl Sandboxes {
             runtime_handlers: settings.runtime_handlers,
             node: settings.node,
             shim: settings.shim,
+            network: PodNetworks::new(settings.network),
             records,
             index: Mutex::new(Index::default()),
         };
@@ -224,7 +238,8 @@ impl Sandboxes {
                 SandboxPhase::Creating => {
                     warn!("removing a pod sandbox that a crash left half-created");
                     kill_infra(&record);
-                    match self.teardown(&record.id, &record.dir, &record.ns_dir) {
+                    let released = self.release_network(&mut record);
+                    match released.and(self.teardown(&record.id, &record.dir, &record.ns_dir)) {
                         Ok(()) => self.records.delete_sandbox(&record.id)?,
                         Err(e) => warn!(
                             error = %e,
@@ -323,14 +338,9 @@ impl Sandboxes {
                 )));
             }
         }
-        if let Some(userns) = &ns.userns_options
-            && mode(userns.mode) != cri::NamespaceMode::Node
-        {
-            return Err(invalid(
-                "user namespaces are not supported by bungeo (userns_options.mode must be NODE)"
-                    .to_owned(),
-            ));
-        }
+        // Validated by the CRI's rules; a valid POD request is refused there until
+        // bungeo implements it (USER_NAMESPACES_IMPLEMENTED).
+        crate::userns::validate(ns.userns_options.as_ref()).map_err(invalid)?;
         let host_network = mode(ns.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
         let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
@@ -342,7 +352,9 @@ impl Sandboxes {
         validate_hostname(&config.hostname).map_err(|e| invalid(e.to_string()))?;
         let resolv_conf =
             render_resolv_conf(config.dns_config.as_ref()).map_err(|e| invalid(e.to_string()))?;
-        let hostname = if config.hostname.is_empty() {
+        // A pod on the node's network shares the node's uts namespace, so its name is the
+        // node's whatever the request says (kubelet sends the node's name for these anyway).
+        let hostname = if config.hostname.is_empty() || host_network {
             self.node.node_hostname()?
         } else {
             config.hostname.clone()
@@ -398,14 +410,14 @@ impl Sandboxes {
         let id = ids::generate();
         let _span = info_span!("pod", pod_id = %id).entered();
         let reservation = self.reserve(&plan.name, &id)?;
-        let mut record = self.new_record(&id, request, config, &plan);
+        let mut record = self.begin(&id, request, config, &plan)?;
         self.records.put_sandbox(&record)?;
         let built = self.build(&mut record, &plan).and_then(|()| {
             record.phase = SandboxPhase::Ready;
             self.records.put_sandbox(&record)
         });
         if let Err(e) = built {
-            self.roll_back(&record);
+            self.roll_back(&mut record);
             return Err(e);
         }
         reservation.keep();
@@ -414,6 +426,23 @@ impl Sandboxes {
             .slots
             .insert(id.clone(), Arc::new(Mutex::new(Some(record))));
         Ok(id)
+    }
+
+    /// The record of a sandbox about to be built, in the `creating` phase, with the network it
+    /// will get (not yet added): a crash from the moment it is committed leads to a DEL.
+    fn begin(
+        &self,
+        id: &str,
+        request: &cri::RunPodSandboxRequest,
+        config: &cri::PodSandboxConfig,
+        plan: &Plan,
+    ) -> Result<SandboxRecord> {
+        let mut record = self.new_record(id, request, config, plan);
+        if !plan.host_network {
+            let netns = record.ns_dir.join(NsKind::Net.proc_name());
+            record.network = Some(self.network.prepare(id, &netns, config)?);
+        }
+        Ok(record)
     }
 
     /// The record of a sandbox about to be built, in the `creating` phase.
@@ -441,6 +470,7 @@ impl Sandboxes {
             namespaces: NamespacePins::default(),
             shm: None,
             infra: None,
+            network: None,
         }
     }
 
@@ -451,6 +481,15 @@ impl Sandboxes {
             record.shm = Some(self.mount_shm(record)?);
         }
         record.namespaces = self.pin(record, plan)?;
+        if let Some(net) = record.network.as_mut() {
+            self.network.add(net)?;
+            if !net.ips.is_empty() {
+                write_file(
+                    &record.dir.join(HOSTS_FILE),
+                    &render_hosts(&plan.hostname, &net.ips),
+                )?;
+            }
+        }
         if plan.shared_pid {
             // Recorded before anything else: a crash from here on kills it at the next start.
             let infra = self.start_infra(record)?;
@@ -541,13 +580,17 @@ impl Sandboxes {
         if !plan.host_ipc {
             kinds.push(NsKind::Ipc);
         }
-        if kinds.is_empty() {
-            return Ok(NamespacePins::default());
-        }
         let hostname =
             (!plan.host_network && !plan.hostname.is_empty()).then_some(plan.hostname.as_str());
-        let pinned = namespaces::pin(&record.ns_dir, &kinds, hostname)
-            .map_err(|e| Error::runtime(format!("pod sandbox {}: pin namespaces", record.id), e))?;
+        // A pod with its own user namespace pins it first, owning the others (api/src/userns.rs).
+        let userns = crate::userns::pin_for_pod(&record.config, &record.ns_dir, &kinds, hostname)?;
+        let pinned = match userns {
+            Some(pinned) => pinned,
+            None if kinds.is_empty() => return Ok(NamespacePins::default()),
+            None => namespaces::pin(&record.ns_dir, &kinds, hostname).map_err(|e| {
+                Error::runtime(format!("pod sandbox {}: pin namespaces", record.id), e)
+            })?,
+        };
         Ok(NamespacePins {
             net: pinned.net,
             ipc: pinned.ipc,
@@ -558,9 +601,10 @@ impl Sandboxes {
 
     /// Undoes a failed creation. What cannot be undone stays with its `creating` record, for
     /// the next start to finish.
-    fn roll_back(&self, record: &SandboxRecord) {
+    fn roll_back(&self, record: &mut SandboxRecord) {
         kill_infra(record);
-        match self.teardown(&record.id, &record.dir, &record.ns_dir) {
+        let released = self.release_network(record);
+        match released.and(self.teardown(&record.id, &record.dir, &record.ns_dir)) {
             Ok(()) => {
                 if let Err(e) = self.records.delete_sandbox(&record.id) {
                     warn!(error = %e, "rolling back a failed RunPodSandbox");
@@ -571,6 +615,37 @@ impl Sandboxes {
                 "rolling back a failed RunPodSandbox; the next start of bungeo retries"
             ),
         }
+    }
+
+    /// DEL of the sandbox's network unless it is done already; marks it torn down in `record`
+    /// (the caller commits it). A plugin binary or a recorded config that cannot be found or
+    /// read is logged and taken as done (see the module doc); a plugin's failure is returned.
+    fn release_network(&self, record: &mut SandboxRecord) -> Result<()> {
+        let Some(net) = record.network.as_mut() else {
+            return Ok(());
+        };
+        if net.torn_down {
+            return Ok(());
+        }
+        match self.network.del(net) {
+            Ok(()) => debug!(network = %net.name, "pod network deleted"),
+            Err(
+                e @ (bungeo_runtime::Error::CniPluginNotFound { .. }
+                | bungeo_runtime::Error::CniConfig(_)),
+            ) => warn!(
+                network = %net.name,
+                error = %e,
+                "cannot delete the pod network; taking it as gone (an IP allocation may be left)"
+            ),
+            Err(e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "pod sandbox {}: tear down network {:?}: {e}",
+                    record.id, net.name
+                )));
+            }
+        }
+        net.torn_down = true;
+        Ok(())
     }
 
     /// Removes a sandbox's pins, shm mount and directory. Each step accepts what is already
@@ -632,11 +707,19 @@ impl Sandboxes {
         };
         // Its containers are stopped by now, so nothing of the pod runs in its pid namespace.
         kill_infra(record);
-        if record.phase == SandboxPhase::Ready {
-            self.set_phase(record, SandboxPhase::NotReady)?;
+        let mut updated = record.clone();
+        if updated.phase == SandboxPhase::Ready {
+            updated.phase = SandboxPhase::NotReady;
             info!("pod sandbox stopped");
         }
-        Ok(())
+        // Its namespace stays pinned until removal, but its network goes now, as with
+        // containerd: a stopped pod holds no IP.
+        let released = self.release_network(&mut updated);
+        if updated != *record {
+            self.records.put_sandbox(&updated)?;
+            *record = updated;
+        }
+        released
     }
 
     fn set_phase(&self, record: &mut SandboxRecord, phase: SandboxPhase) -> Result<()> {
@@ -664,6 +747,13 @@ impl Sandboxes {
             self.set_phase(record, SandboxPhase::NotReady)?;
         }
         kill_infra(record);
+        let mut updated = record.clone();
+        let released = self.release_network(&mut updated);
+        if updated != *record {
+            self.records.put_sandbox(&updated)?;
+            *record = updated;
+        }
+        released?;
         self.teardown(&record.id, &record.dir, &record.ns_dir)?;
         self.records.delete_sandbox(&record.id)?;
         let name = record.config.metadata.as_ref().map(reservation_name);
@@ -678,6 +768,11 @@ impl Sandboxes {
         }
         info!("pod sandbox removed");
         Ok(())
+    }
+
+    /// The daemon's pod networking.
+    pub fn network(&self) -> &PodNetworks {
+        &self.network
     }
 
     /// The records database, which the containers share (one redb file per daemon).
@@ -785,8 +880,7 @@ fn cri_status(record: &SandboxRecord) -> cri::PodSandboxStatus {
         metadata: record.config.metadata.clone(),
         state: cri_state(record.phase).into(),
         created_at: record.created_at,
-        // Filled by the CNI step once pods get networks; a pod on the node's network has none.
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(network_status(record)),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption {
@@ -800,6 +894,24 @@ fn cri_status(record: &SandboxRecord) -> cri::PodSandboxStatus {
         labels: record.config.labels.clone(),
         annotations: record.config.annotations.clone(),
         runtime_handler: record.runtime_handler.clone(),
+    }
+}
+
+/// The pod's IPs while it is ready: the first of its CNI result (IPv4 first) and the others.
+/// A pod on the node's network has none (kubelet uses the node's), nor has a stopped pod, as
+/// with containerd.
+fn network_status(record: &SandboxRecord) -> cri::PodSandboxNetworkStatus {
+    let ips = match &record.network {
+        Some(net) if record.phase == SandboxPhase::Ready && !net.torn_down => net.ips.as_slice(),
+        _ => &[],
+    };
+    cri::PodSandboxNetworkStatus {
+        ip: ips.first().cloned().unwrap_or_default(),
+        additional_ips: ips
+            .iter()
+            .skip(1)
+            .map(|ip| cri::PodIp { ip: ip.clone() })
+            .collect(),
     }
 }
 
@@ -818,6 +930,15 @@ fn verbose_info(record: &SandboxRecord) -> serde_json::Value {
         "hostname": record.hostname,
         "cgroupParent": record.cgroup_parent,
         "runtimeHandler": record.runtime_handler,
+        "network": record.network.as_ref().map(|n| json!({
+            "name": n.name,
+            "ifname": n.args.ifname,
+            "netns": n.args.netns,
+            "ips": n.ips,
+            "result": n.result,
+            "tornDown": n.torn_down,
+            "config": serde_json::from_str::<serde_json::Value>(&n.conflist).ok(),
+        })),
         "config": record.config,
     })
 }
@@ -848,7 +969,70 @@ mod tests {
             )
             .unwrap();
             std::fs::write(dir.path().join("node-hostname"), "node-1\n").unwrap();
-            Env { dir }
+            let env = Env { dir };
+            env.install_fake_network();
+            env
+        }
+
+        /// A network of one fake plugin, `fakenet`, that "allocates" an address per pod as a
+        /// file under `cni-state/alloc/` (left there if its ADD fails after it, as a real IPAM
+        /// would), frees it on DEL, and logs every call as `COMMAND id netns` to
+        /// `cni-state/log`. `cni-state/fail-add` makes its ADD fail.
+        fn install_fake_network(&self) {
+            let base = self.dir.path();
+            let state = base.join("cni-state");
+            std::fs::create_dir_all(state.join("alloc")).unwrap();
+            std::fs::create_dir_all(base.join("cni-bin")).unwrap();
+            std::fs::create_dir_all(base.join("cni-conf")).unwrap();
+            let script = format!(
+                r#"#!/bin/sh
+state="{state}"
+cat > /dev/null
+echo "$CNI_COMMAND $CNI_CONTAINERID $CNI_NETNS" >> "$state/log"
+case "$CNI_COMMAND" in
+ADD)
+  n=$(ls "$state/alloc" | wc -l)
+  n=$((n + 2))
+  echo "$n" > "$state/alloc/$CNI_CONTAINERID"
+  if [ -e "$state/fail-add" ]; then
+    echo '{{"cniVersion":"1.0.0","code":11,"msg":"fakenet is out of addresses","details":"try later"}}'
+    exit 1
+  fi
+  echo '{{"cniVersion":"1.0.0","interfaces":[{{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}}],"ips":[{{"address":"fd77::'$n'/64","interface":0}},{{"address":"10.77.0.'$n'/24","gateway":"10.77.0.1","interface":0}}]}}'
+  ;;
+DEL)
+  if [ -e "$state/fail-del" ]; then
+    echo '{{"cniVersion":"1.0.0","code":11,"msg":"fakenet cannot let go"}}'
+    exit 1
+  fi
+  rm -f "$state/alloc/$CNI_CONTAINERID"
+  ;;
+esac
+"#,
+                state = state.display()
+            );
+            let plugin = base.join("cni-bin/fakenet");
+            std::fs::write(&plugin, script).unwrap();
+            std::fs::set_permissions(&plugin, Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(
+                base.join("cni-conf/10-fake.conflist"),
+                r#"{"cniVersion":"1.0.0","name":"fake","plugins":[{"type":"fakenet"}]}"#,
+            )
+            .unwrap();
+        }
+
+        /// The fake plugin's calls, `COMMAND id netns` each.
+        fn cni_calls(&self) -> Vec<String> {
+            std::fs::read_to_string(self.dir.path().join("cni-state/log"))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.trim_end().to_owned())
+                .collect()
+        }
+
+        /// Addresses the fake plugin holds, by sandbox id.
+        fn allocations(&self) -> Vec<String> {
+            self.entries("cni-state/alloc")
         }
 
         fn settings(&self) -> SandboxSettings {
@@ -866,6 +1050,14 @@ mod tests {
                 // Unit tests make no infra (their pods use PID mode CONTAINER): the e2e
                 // suites cover it with the real binary.
                 shim: base.join("no-bungeo-shim"),
+                network: NetworkSettings {
+                    conf_dir: base.join("cni-conf"),
+                    bin_dirs: vec![base.join("cni-bin")],
+                    default_bridge: "bgtunused0".to_owned(),
+                    default_subnet: "10.250.0.0/24".to_owned(),
+                    plugin_timeout: std::time::Duration::from_secs(10),
+                    data_dir: base.join("root/cni/networks"),
+                },
             }
         }
 
@@ -897,6 +1089,7 @@ mod tests {
 
         /// Asserts that nothing of any sandbox is left: no mount, directory, pin or record.
         fn assert_empty(&self, sandboxes: &Sandboxes) {
+            assert_eq!(self.allocations(), Vec::<String>::new());
             assert_eq!(self.mounts(), Vec::<PathBuf>::new());
             assert_eq!(self.entries("root/sandboxes"), Vec::<String>::new());
             assert_eq!(self.entries("state/ns"), Vec::<String>::new());
@@ -1000,7 +1193,16 @@ mod tests {
         let ns = env.base().join("state/ns").join(&id);
         assert_eq!(record.dir, dir);
         assert_eq!(read(&dir.join("hostname")), "web-host\n");
-        assert_eq!(read(&dir.join("hosts")), render_hosts("web-host", &[]));
+        // Written after the ADD: the pod's name on its IPs, IPv4 first.
+        assert_eq!(
+            read(&dir.join("hosts")),
+            render_hosts("web-host", &["10.77.0.2".to_owned(), "fd77::2".to_owned()])
+        );
+        assert!(read(&dir.join("hosts")).ends_with("10.77.0.2\tweb-host\nfd77::2\tweb-host\n"));
+        assert_eq!(
+            env.cni_calls(),
+            vec![format!("ADD {id} {}", ns.join("net").display())]
+        );
         assert_eq!(
             read(&dir.join("resolv.conf")),
             "search default.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
@@ -1041,7 +1243,14 @@ mod tests {
         assert_eq!(s.metadata.unwrap().name, "web");
         assert_eq!(s.labels["app"], "web");
         assert_eq!(s.annotations["note"], "unchanged");
-        assert_eq!(s.network.unwrap().ip, "");
+        let network = s.network.unwrap();
+        assert_eq!(network.ip, "10.77.0.2");
+        assert_eq!(
+            network.additional_ips,
+            vec![cri::PodIp {
+                ip: "fd77::2".to_owned()
+            }]
+        );
         let options = s.linux.unwrap().namespaces.unwrap().options.unwrap();
         assert_eq!(options.network, POD);
         let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
@@ -1051,23 +1260,32 @@ mod tests {
         assert_eq!(info["cgroupParent"], "/kubepods/besteffort/podweb");
         assert_eq!(info["hostname"], "web-host");
         assert_eq!(info["config"]["metadata"]["uid"], "uid-web");
+        assert_eq!(info["network"]["name"], "fake");
+        assert_eq!(info["network"]["ifname"], "eth0");
+        assert_eq!(
+            info["network"]["result"]["ips"][1]["address"],
+            "10.77.0.2/24"
+        );
         assert!(sandboxes.status(&id, false).unwrap().info.is_empty());
 
         sandboxes.stop(&id).unwrap();
+        let stopped = sandboxes.status(&id, false).unwrap().status.unwrap();
+        assert_eq!(stopped.state(), cri::PodSandboxState::SandboxNotready);
+        // The network goes at stop, as with containerd: no IP any more.
         assert_eq!(
-            sandboxes
-                .status(&id, false)
-                .unwrap()
-                .status
-                .unwrap()
-                .state(),
-            cri::PodSandboxState::SandboxNotready
+            stopped.network.unwrap(),
+            cri::PodSandboxNetworkStatus::default()
         );
+        assert_eq!(env.allocations(), Vec::<String>::new());
         // Stopping keeps the namespaces for the removal.
         assert_eq!(env.mounts().len(), 4);
         sandboxes.stop(&id).unwrap();
         sandboxes.remove(&id).unwrap();
         env.assert_empty(&sandboxes);
+        // One DEL: neither the second stop nor the removal repeated it.
+        let calls = env.cni_calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1], format!("DEL {id} {}", ns.join("net").display()));
         assert!(matches!(
             sandboxes.status(&id, false),
             Err(Error::NotFound(_))
@@ -1104,7 +1322,15 @@ mod tests {
             read(&record.dir.join("hosts")),
             "127.0.0.1 localhost node-1\n"
         );
-        assert_eq!(read(&record.dir.join("hostname")), "host-host\n");
+        // ... and has the node's name, whatever the request said.
+        assert_eq!(read(&record.dir.join("hostname")), "node-1\n");
+        assert_eq!(record.hostname, "node-1");
+        assert_eq!(record.network, None);
+        let status = sandboxes.status(&host, false).unwrap().status.unwrap();
+        assert_eq!(
+            status.network.unwrap(),
+            cri::PodSandboxNetworkStatus::default()
+        );
         assert_eq!(env.mounts(), Vec::<PathBuf>::new());
 
         let ipc_only = sandboxes
@@ -1133,10 +1359,17 @@ mod tests {
         let options = status.linux.unwrap().namespaces.unwrap().options.unwrap();
         assert_eq!((options.network, options.ipc), (POD, NODE));
 
-        for id in [host, ipc_only, net_only] {
-            sandboxes.remove(&id).unwrap();
+        for id in [&host, &ipc_only, &net_only] {
+            sandboxes.remove(id).unwrap();
         }
         env.assert_empty(&sandboxes);
+        // Only the pod with its own network namespace met the plugin.
+        let calls = env.cni_calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls.iter().all(|c| c.contains(net_only.as_str())),
+            "{calls:?}"
+        );
     }
 
     #[test]
@@ -1223,7 +1456,7 @@ mod tests {
             mode: POD,
             ..Default::default()
         });
-        invalid(Some(c), "", "user namespaces");
+        invalid(Some(c), "", "userns_options");
         env.assert_empty(&sandboxes);
 
         // A listed handler is accepted and reported.
@@ -1415,13 +1648,13 @@ mod tests {
     #[test]
     fn a_crash_between_creation_steps_is_cleaned_up_at_the_next_start() {
         let env = Env::new();
-        for steps in 0..=3 {
+        for steps in 0..=4 {
             let sandboxes = env.open();
             let config = pod_config(&format!("crash{steps}"));
             let req = request(config.clone());
             let plan = sandboxes.plan(&config, "").unwrap();
             let id = ids::generate();
-            let mut record = sandboxes.new_record(&id, &req, &config, &plan);
+            let mut record = sandboxes.begin(&id, &req, &config, &plan).unwrap();
             sandboxes.records.put_sandbox(&record).unwrap();
             if steps >= 1 {
                 sandboxes.write_files(&record, &plan).unwrap();
@@ -1433,14 +1666,237 @@ mod tests {
                 record.namespaces = sandboxes.pin(&record, &plan).unwrap();
                 assert_eq!(env.mounts().len(), 4);
             }
+            if steps >= 4 {
+                // The ADD ran; the record with its result was never written.
+                sandboxes
+                    .network
+                    .add(record.network.as_mut().unwrap())
+                    .unwrap();
+                assert_eq!(env.allocations(), vec![id.clone()]);
+            }
             drop(sandboxes);
 
             let sandboxes = env.open();
             env.assert_empty(&sandboxes);
+            // Whatever step it reached, the start asked for a DEL.
+            assert!(
+                env.cni_calls()
+                    .iter()
+                    .any(|c| c.starts_with(&format!("DEL {id}"))),
+                "{:?}",
+                env.cni_calls()
+            );
             // Its name is free again.
             let again = sandboxes.run(&req).unwrap();
             sandboxes.remove(&again).unwrap();
         }
+    }
+
+    #[test]
+    fn a_failing_plugin_fails_the_run_with_its_message_and_leaves_nothing() {
+        let env = Env::new();
+        let sandboxes = env.open();
+        let flag = env.dir.path().join("cni-state/fail-add");
+        std::fs::write(&flag, "").unwrap();
+        let err = sandboxes.run(&request(pod_config("nonet"))).unwrap_err();
+        let status = crate::errors::status(&err);
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains(
+                "set up network \"fake\": plugin type=\"fakenet\" name=\"fake\" failed (add): \
+                 fakenet is out of addresses: try later"
+            ),
+            "{}",
+            status.message()
+        );
+        // The ADD that failed half-way was followed by a DEL with the same id and netns.
+        let calls = env.cni_calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert!(
+            calls[0].starts_with("ADD ") && calls[1].starts_with("DEL "),
+            "{calls:?}"
+        );
+        assert_eq!(calls[0][4..], calls[1][4..]);
+        env.assert_empty(&sandboxes);
+        std::fs::remove_file(&flag).unwrap();
+        let id = sandboxes.run(&request(pod_config("nonet"))).unwrap();
+        sandboxes.remove(&id).unwrap();
+        env.assert_empty(&sandboxes);
+    }
+
+    #[test]
+    fn without_a_network_config_pods_wait_but_host_network_pods_run() {
+        let env = Env::new();
+        let sandboxes = env.open();
+        let conf = env.dir.path().join("cni-conf/10-fake.conflist");
+        let text = read(&conf);
+        std::fs::remove_file(&conf).unwrap();
+        let err = sandboxes.run(&request(pod_config("early"))).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("no network config found"), "{err}");
+        env.assert_empty(&sandboxes);
+        let host = sandboxes
+            .run(&request(with_modes(pod_config("host"), NODE, NODE)))
+            .unwrap();
+        // The config appears: the next call sees it.
+        std::fs::write(&conf, text).unwrap();
+        assert!(sandboxes.network().readiness().is_ok());
+        let id = sandboxes.run(&request(pod_config("early"))).unwrap();
+        for id in [host, id] {
+            sandboxes.remove(&id).unwrap();
+        }
+        env.assert_empty(&sandboxes);
+
+        let mut config = pod_config("slow");
+        config.annotations.insert(
+            "kubernetes.io/ingress-bandwidth".to_owned(),
+            "fast".to_owned(),
+        );
+        let err = sandboxes.run(&request(config)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("ingress-bandwidth"), "{err}");
+        env.assert_empty(&sandboxes);
+    }
+
+    #[test]
+    fn the_network_is_deleted_after_a_restart_and_a_failed_del_is_retried() {
+        let env = Env::new();
+        let sandboxes = env.open();
+        let kept = sandboxes.run(&request(pod_config("kept"))).unwrap();
+        let stopped = sandboxes.run(&request(pod_config("stopped"))).unwrap();
+        // A DEL that fails fails the stop, for kubelet to retry; the pod is not ready and
+        // still holds its address.
+        let flag = env.dir.path().join("cni-state/fail-del");
+        std::fs::write(&flag, "").unwrap();
+        let err = sandboxes.stop(&stopped).unwrap_err();
+        assert!(err.to_string().contains("fakenet cannot let go"), "{err}");
+        assert_eq!(env.allocations().len(), 2);
+        let status = sandboxes.status(&stopped, false).unwrap().status.unwrap();
+        assert_eq!(status.state(), cri::PodSandboxState::SandboxNotready);
+        assert!(sandboxes.remove(&stopped).is_err());
+        std::fs::remove_file(&flag).unwrap();
+        sandboxes.stop(&stopped).unwrap();
+        assert_eq!(env.allocations(), vec![kept.clone()]);
+        drop(sandboxes);
+
+        let sandboxes = env.open();
+        let status = sandboxes.status(&kept, false).unwrap().status.unwrap();
+        assert_eq!(status.network.unwrap().ip, "10.77.0.2");
+        // The recorded network can still be checked against its ADD result.
+        let record = sandboxes.record(&kept).unwrap();
+        sandboxes
+            .network()
+            .check(record.network.as_ref().unwrap())
+            .unwrap();
+        let before = env.cni_calls().len();
+        assert!(
+            env.cni_calls()[before - 1].starts_with(&format!("CHECK {kept} ")),
+            "{:?}",
+            env.cni_calls()
+        );
+        sandboxes.remove(&stopped).unwrap();
+        assert_eq!(env.cni_calls().len(), before, "its DEL was done at stop");
+        sandboxes.remove(&kept).unwrap();
+        let calls = env.cni_calls();
+        assert_eq!(calls.len(), before + 1);
+        assert!(
+            calls[before].starts_with(&format!("DEL {kept} ")),
+            "{calls:?}"
+        );
+        env.assert_empty(&sandboxes);
+    }
+
+    /// Removes a bridge on drop, however the test ends.
+    struct Bridge(String);
+
+    impl Drop for Bridge {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).output();
+        }
+    }
+
+    #[test]
+    fn root_pods_get_the_default_bridge_network_with_the_real_plugins() {
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            eprintln!("skipped: no CNI plugins in /usr/lib/cni");
+            return;
+        }
+        let env = Env::new();
+        let tag = std::process::id()
+            ^ SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos();
+        let bridge = Bridge(format!("bgt{:x}", tag & 0xffffff));
+        let subnet = format!("10.250.{}.0/24", tag % 200 + 20);
+        let mut settings = env.settings();
+        settings.network = NetworkSettings {
+            conf_dir: env.dir.path().join("real-conf"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni")],
+            default_bridge: bridge.0.clone(),
+            default_subnet: subnet.clone(),
+            plugin_timeout: std::time::Duration::from_secs(60),
+            data_dir: env.dir.path().join("root/cni/networks"),
+        };
+        let sandboxes = Sandboxes::open(settings.clone()).unwrap();
+        sandboxes.network().install_default().unwrap().unwrap();
+        let mut config = pod_config("real");
+        config.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Tcp as i32,
+            container_port: 80,
+            host_port: 18000 + (tag % 1000) as i32,
+            host_ip: "127.0.0.1".to_owned(),
+        }];
+        let id = sandboxes.run(&request(config)).unwrap();
+        let status = sandboxes.status(&id, false).unwrap().status.unwrap();
+        let ip = status.network.unwrap().ip;
+        let prefix = subnet.trim_end_matches("0/24");
+        assert!(ip.starts_with(prefix), "{ip} not in {subnet}");
+        let record = sandboxes.records.sandbox(&id).unwrap().unwrap();
+        assert!(read(&record.dir.join("hosts")).ends_with(&format!("{ip}\treal-host\n")));
+        let net = record.namespaces.net.clone().unwrap();
+        let addrs = Command::new("nsenter")
+            .arg(format!("--net={}", net.display()))
+            .args(["ip", "-o", "addr"])
+            .output()
+            .unwrap();
+        let addrs = String::from_utf8_lossy(&addrs.stdout).into_owned();
+        assert!(addrs.contains(&format!("eth0    inet {ip}/24")), "{addrs}");
+        assert!(
+            addrs.contains("lo    inet 127.0.0.1/8"),
+            "lo is up: {addrs}"
+        );
+        let allocations = env.dir.path().join("root/cni/networks/bungeo");
+        assert!(allocations.join(&ip).exists());
+
+        // A restart in between: the removal still deletes the network.
+        drop(sandboxes);
+        let sandboxes = Sandboxes::open(settings).unwrap();
+        sandboxes.remove(&id).unwrap();
+        assert!(!allocations.join(&ip).exists());
+        let rules = Command::new("iptables-save")
+            .args(["-t", "nat"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&rules.stdout).contains(&id),
+            "iptables rules of the pod left behind"
+        );
+        env.assert_empty(&sandboxes);
+    }
+
+    #[test]
+    fn a_plugin_uninstalled_since_does_not_wedge_the_removal() {
+        let env = Env::new();
+        let sandboxes = env.open();
+        let id = sandboxes.run(&request(pod_config("orphaned"))).unwrap();
+        std::fs::remove_file(env.dir.path().join("cni-bin/fakenet")).unwrap();
+        assert!(sandboxes.network().readiness().is_err());
+        sandboxes.remove(&id).unwrap();
+        // What the plugin held stays behind: nothing can free it without the plugin.
+        assert_eq!(env.allocations(), vec![id.clone()]);
+        std::fs::remove_file(env.dir.path().join("cni-state/alloc").join(&id)).unwrap();
+        env.assert_empty(&sandboxes);
     }
 
     #[test]

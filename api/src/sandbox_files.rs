@@ -79,9 +79,9 @@ pub fn render_hostname(hostname: &str) -> String {
 }
 
 /// The `hosts` file of a pod with its own network namespace, in kubelet's managed format: the
-/// localhost entries, then `hostname` on each pod IP. Until the pod has an IP (pod networking
-/// comes with CNI) the hostname maps to 127.0.1.1, the loopback address Debian gives a host's
-/// own name, so the pod can resolve itself.
+/// localhost entries, then `hostname` on each pod IP (written once the CNI ADD gave them). A
+/// pod without an IP (before its ADD, or a network that gave none) has its hostname on
+/// 127.0.1.1, the loopback address Debian gives a host's own name, so it can resolve itself.
 pub fn render_hosts(hostname: &str, pod_ips: &[String]) -> String {
     let mut text = String::from(
         "# Kubernetes-managed hosts file.\n\

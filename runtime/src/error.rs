@@ -65,6 +65,31 @@ pub enum Error {
     /// Something this node or build does not support (e.g. AppArmor when the kernel lacks it).
     #[error("{0}")]
     Unsupported(String),
+
+    /// No usable CNI network config: none in the directory, or one that does not parse; the
+    /// message names the file or directory.
+    #[error("{0}")]
+    CniConfig(String),
+
+    /// A CNI plugin failed, could not be run, or answered nonsense (boxed: it is large).
+    #[error("{0}")]
+    CniPlugin(Box<CniPluginFailure>),
+
+    /// A CNI plugin binary is in none of the plugin directories.
+    #[error("CNI plugin {plugin:?} not found in {dirs}")]
+    CniPluginNotFound { plugin: String, dirs: String },
+}
+
+/// How a CNI plugin call failed. `code` is the CNI error code the plugin reported, if it
+/// reported one; `message` its `msg` and `details`, or its stderr.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin type={plugin:?} name={network:?} failed ({command}): {message}")]
+pub struct CniPluginFailure {
+    pub network: String,
+    pub plugin: String,
+    pub command: &'static str,
+    pub code: Option<u64>,
+    pub message: String,
 }
 
 /// Result of runtime operations.
