@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -9,8 +10,9 @@ use tempfile::TempDir;
 
 use crate::cri::Cri;
 use crate::mounts::unmount_under;
+use crate::net::TestNetwork;
 use crate::process::{Process, STOP_GRACE};
-use crate::registryhosts::RegistryHosts;
+use crate::registryhosts::{RegistryHosts, toml_string};
 
 /// The daemon binary: `BUNGEO_BIN`, else `bungeo` in the cargo profile directory this test
 /// binary was built into (`target/<profile>/deps/..`), else `<workspace>/target/debug/bungeo`.
@@ -45,7 +47,35 @@ pub struct Bungeo {
     socket: PathBuf,
     config: PathBuf,
     log: PathBuf,
+    cni_conf: PathBuf,
+    // Dropped after the daemon is stopped and its pods' namespaces are unmounted.
+    network: Option<TestNetwork>,
     dir: TempDir,
+}
+
+/// The CNI setup of a bungeo under test, written as the `[cni]` table of its config.
+#[derive(Debug, Default)]
+pub struct BungeoCni {
+    /// Files written into the daemon's own conf dir before it starts: (name, contents). With
+    /// none, bungeo finds the dir empty and writes its default network there.
+    pub conf_files: Vec<(String, String)>,
+    /// Plugin directories; none: bungeo's defaults.
+    pub bin_dirs: Vec<PathBuf>,
+    /// The bridge and subnet of bungeo's default network; none: a fresh [`TestNetwork`].
+    pub network: Option<TestNetwork>,
+}
+
+/// Whether `bin` knows the default network keys of `[cni]` (`default_bridge`,
+/// `default_subnet`), from its `config default` output: a daemon without them refuses a
+/// config naming them.
+fn knows_default_network(bin: &Path) -> bool {
+    static KNOWS: OnceLock<bool> = OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        Command::new(bin)
+            .args(["config", "default"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("default_bridge"))
+    })
 }
 
 impl Bungeo {
@@ -54,8 +84,16 @@ impl Bungeo {
         Self::start_with_config(&hosts.bungeo_toml()).await
     }
 
-    /// Starts bungeo with this config file text.
+    /// Starts bungeo with this config file text. Unless it has a `[cni]` table, the daemon
+    /// gets the harness's: an empty conf dir of its own and a fresh [`TestNetwork`] for its
+    /// default network.
     pub async fn start_with_config(config: &str) -> Result<Self> {
+        Self::start_with_cni(config, BungeoCni::default()).await
+    }
+
+    /// Starts bungeo with this config file text and this CNI setup (appended as `[cni]`; the
+    /// text must not have its own).
+    pub async fn start_with_cni(config: &str, cni: BungeoCni) -> Result<Self> {
         let bin = bungeo_binary();
         anyhow::ensure!(
             bin.is_file(),
@@ -67,6 +105,40 @@ impl Bungeo {
             .tempdir()
             .context("create bungeo dir")?;
         let base = dir.path();
+        let cni_conf = base.join("cni");
+        let mut config = config.to_string();
+        let mut network = None;
+        if !config.lines().any(|l| l.trim() == "[cni]") {
+            std::fs::create_dir_all(&cni_conf).context("create the CNI conf dir")?;
+            for (name, text) in &cni.conf_files {
+                let path = cni_conf.join(name);
+                std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+            }
+            let net = match cni.network {
+                Some(n) => n,
+                None => TestNetwork::allocate()?,
+            };
+            config.push_str(&format!(
+                "\n[cni]\nconf_dir = {}\n",
+                toml_string(&cni_conf.to_string_lossy())
+            ));
+            if !cni.bin_dirs.is_empty() {
+                let dirs: Vec<String> = cni
+                    .bin_dirs
+                    .iter()
+                    .map(|d| toml_string(&d.to_string_lossy()))
+                    .collect();
+                config.push_str(&format!("bin_dirs = [{}]\n", dirs.join(", ")));
+            }
+            if knows_default_network(&bin) {
+                config.push_str(&format!(
+                    "default_bridge = {}\ndefault_subnet = {}\n",
+                    toml_string(net.bridge()),
+                    toml_string(&net.subnet())
+                ));
+            }
+            network = Some(net);
+        }
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, config).context("write bungeo config")?;
         let mut this = Self {
@@ -77,6 +149,8 @@ impl Bungeo {
             socket: base.join("bungeo.sock"),
             config: config_path,
             log: base.join("bungeo.log"),
+            cni_conf,
+            network,
             dir,
         };
         this.spawn().await?;
@@ -171,6 +245,16 @@ impl Bungeo {
         &self.config
     }
 
+    /// The CNI conf dir the harness gave the daemon (`<dir>/cni`).
+    pub fn cni_conf_dir(&self) -> &Path {
+        &self.cni_conf
+    }
+
+    /// The bridge and subnet of the daemon's default network, when the harness chose them.
+    pub fn network(&self) -> Option<&TestNetwork> {
+        self.network.as_ref()
+    }
+
     /// The daemon's log (stderr and stdout).
     pub fn log(&self) -> &Path {
         &self.log
@@ -196,6 +280,12 @@ impl Drop for Bungeo {
         }
         if let Err(err) = unmount_under(self.dir.path()) {
             eprintln!("unmounting below {}: {err:#}", self.dir.path().display());
+        }
+        // The pods' network namespaces are gone now, and their veths with them: then the
+        // bridge and firewall rules, and portmap's shared chains once no pod maps a port.
+        if let Some(network) = self.network.take() {
+            drop(network);
+            crate::net::remove_idle_hostport_chains();
         }
     }
 }

@@ -10,6 +10,7 @@ use tempfile::TempDir;
 use crate::cri::Cri;
 use crate::images::PAUSE_REFERENCE;
 use crate::mounts::unmount_under;
+use crate::net::TestNetwork;
 use crate::process::{Process, STOP_GRACE};
 use crate::registryhosts::{RegistryHosts, toml_string};
 
@@ -28,13 +29,59 @@ pub struct Containerd {
     root: PathBuf,
     state: PathBuf,
     log: PathBuf,
+    cni_conf: PathBuf,
+    // Dropped after the process is stopped and the pods' namespaces are unmounted.
+    network: Option<TestNetwork>,
     dir: TempDir,
+}
+
+/// The CNI setup of a containerd under test.
+#[derive(Debug)]
+pub struct ContainerdCni {
+    /// Files written into containerd's own CNI conf dir before it starts: (name, contents).
+    pub conf_files: Vec<(String, String)>,
+    /// The one plugin directory containerd 1.6 searches.
+    pub bin_dir: PathBuf,
+    /// The network the configs put pods on, cleaned up when containerd is dropped.
+    pub network: Option<TestNetwork>,
+}
+
+impl ContainerdCni {
+    /// Loopback only ([`LOOPBACK_CONFLIST`]): what suites without pod networking use.
+    pub fn loopback() -> Self {
+        Self {
+            conf_files: vec![(
+                LOOPBACK_CONFLIST_NAME.to_string(),
+                LOOPBACK_CONFLIST.to_string(),
+            )],
+            bin_dir: PathBuf::from("/usr/lib/cni"),
+            network: None,
+        }
+    }
+
+    /// The bridge network of [`TestNetwork::conflist`] (the shape of bungeo's default),
+    /// named `name`, as `10-<name>.conflist`.
+    pub fn bridge(network: TestNetwork, name: &str, dual_stack: bool) -> Self {
+        Self {
+            conf_files: vec![(
+                format!("10-{name}.conflist"),
+                network.conflist(name, dual_stack).to_string(),
+            )],
+            bin_dir: PathBuf::from("/usr/lib/cni"),
+            network: Some(network),
+        }
+    }
 }
 
 impl Containerd {
     /// Starts containerd with the CRI plugin, reaching `hosts` over plain HTTP, and waits
-    /// until its CRI Version call answers.
+    /// until its CRI Version call answers. Pods get the loopback network.
     pub async fn start(hosts: &RegistryHosts) -> Result<Self> {
+        Self::start_with_cni(hosts, ContainerdCni::loopback()).await
+    }
+
+    /// [`start`](Self::start) with this CNI setup.
+    pub async fn start_with_cni(hosts: &RegistryHosts, cni: ContainerdCni) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("bungeo-containerd-")
             .tempdir()
@@ -48,12 +95,20 @@ impl Containerd {
             std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
         }
         hosts.write_containerd_certs_d(&certs_d)?;
-        // RunPodSandbox fails without a CNI network; this one gives pods loopback only.
-        let conflist = cni_conf.join(LOOPBACK_CONFLIST_NAME);
-        std::fs::write(&conflist, LOOPBACK_CONFLIST)
-            .with_context(|| format!("write {}", conflist.display()))?;
+        for (name, text) in &cni.conf_files {
+            let path = cni_conf.join(name);
+            std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        }
         let socket = base.join("containerd.sock");
-        let config = config_toml(&root, &state, &socket, &certs_d, &cni_conf, base);
+        let config = config_toml(
+            &root,
+            &state,
+            &socket,
+            &certs_d,
+            &cni_conf,
+            &cni.bin_dir,
+            base,
+        );
         let config_path = base.join("config.toml");
         std::fs::write(&config_path, config).context("write containerd config")?;
         let log = base.join("containerd.log");
@@ -75,6 +130,8 @@ impl Containerd {
             root,
             state,
             log,
+            cni_conf,
+            network: cni.network,
             dir,
         };
         this.wait_ready().await?;
@@ -104,6 +161,16 @@ impl Containerd {
         &self.state
     }
 
+    /// containerd's CNI conf dir (it watches it: configs written later are loaded).
+    pub fn cni_conf_dir(&self) -> &Path {
+        &self.cni_conf
+    }
+
+    /// The network containerd's CNI config puts pods on, when the harness made one.
+    pub fn network(&self) -> Option<&TestNetwork> {
+        self.network.as_ref()
+    }
+
     /// containerd's log file.
     pub fn log(&self) -> &Path {
         &self.log
@@ -124,6 +191,12 @@ impl Drop for Containerd {
         }
         if let Err(err) = unmount_under(self.dir.path()) {
             eprintln!("unmounting below {}: {err:#}", self.dir.path().display());
+        }
+        // The pods' network namespaces are gone now, and their veths with them: then the
+        // bridge and firewall rules, and portmap's shared chains once no pod maps a port.
+        if let Some(network) = self.network.take() {
+            drop(network);
+            crate::net::remove_idle_hostport_chains();
         }
     }
 }
@@ -146,6 +219,7 @@ fn config_toml(
     socket: &Path,
     certs_d: &Path,
     cni_conf: &Path,
+    cni_bin: &Path,
     base: &Path,
 ) -> String {
     let s = |p: &Path| toml_string(&p.to_string_lossy());
@@ -190,7 +264,7 @@ disabled_plugins = [
   SystemdCgroup = false
 
 [plugins."io.containerd.grpc.v1.cri".cni]
-  bin_dir = "/usr/lib/cni"
+  bin_dir = {cni_bin}
   conf_dir = {cni}
 
 [plugins."io.containerd.grpc.v1.cri".registry]
@@ -202,6 +276,7 @@ disabled_plugins = [
         ttrpc = s(&socket.with_extension("sock.ttrpc")),
         opt = s(&base.join("opt")),
         cni = s(cni_conf),
+        cni_bin = s(cni_bin),
         certs = s(certs_d),
         sandbox_image = toml_string(PAUSE_REFERENCE),
     )
@@ -220,6 +295,7 @@ mod tests {
             &base.join("c.sock"),
             &base.join("certs.d"),
             &base.join("cni"),
+            Path::new("/usr/lib/cni"),
             base,
         );
         assert!(text.contains("restrict_oom_score_adj = true"));
@@ -228,5 +304,7 @@ mod tests {
         assert!(text.contains("path = \"/tmp/x/opt\""));
         assert!(text.contains("address = \"/tmp/x/c.sock.ttrpc\""));
         assert!(text.contains("sandbox_image = \"docker.io/bungeo/pause:1\""));
+        assert!(text.contains("bin_dir = \"/usr/lib/cni\""));
+        assert!(text.contains("conf_dir = \"/tmp/x/cni\""));
     }
 }

@@ -723,11 +723,16 @@ async fn sandbox_files(ctx: Ctx) -> Result<()> {
                     lines.contains(&"::1\tlocalhost ip6-localhost ip6-loopback"),
                     "{hosts}"
                 );
-                ensure_eq!(
-                    lines.last().copied(),
-                    Some("127.0.1.1\tfiles-pod"),
-                    "{hosts}"
-                );
+                // The pod's own name resolves to its IP on the default network.
+                let status = status_full(&mut pods.cri, &id, false).await?.status;
+                let ip = status
+                    .as_ref()
+                    .and_then(|s| s.network.as_ref())
+                    .map(|n| n.ip.clone())
+                    .unwrap_or_default();
+                ensure!(!ip.is_empty(), "the pod has no IP");
+                let own = format!("{ip}\tfiles-pod");
+                ensure_eq!(lines.last().copied(), Some(own.as_str()), "{hosts}");
             }
             // containerd 1.6 copies the node's /etc/hosts (kubelet bind-mounts its own over
             // it for pods on a pod network).
@@ -970,7 +975,7 @@ async fn pinned_namespaces(ctx: Ctx) -> Result<()> {
             std::fs::read_to_string("/proc/sys/kernel/hostname")? != "pinned-host\n",
             "the node's hostname changed"
         );
-        // A fresh network namespace: loopback only, and up.
+        // A fresh network namespace: loopback, up, and the default network's eth0.
         let net = format!("--net={}", pins["net"].display());
         let dev = nsenter(&[&net, "cat", "/proc/net/dev"])?;
         let ifaces: Vec<&str> = dev
@@ -978,7 +983,7 @@ async fn pinned_namespaces(ctx: Ctx) -> Result<()> {
             .skip(2)
             .filter_map(|l| l.split(':').next().map(str::trim))
             .collect();
-        ensure_eq!(ifaces, vec!["lo"], "interfaces in the pod");
+        ensure_eq!(ifaces, vec!["lo", "eth0"], "interfaces in the pod");
         let flags = nsenter(&[&net, "cat", "/sys/class/net/lo/flags"]);
         // sysfs shows the reader's mount namespace's view; fall back to /proc when absent.
         if let Ok(flags) = flags {
