@@ -98,6 +98,11 @@ pub const USER_UID: ImageName = ImageName::new("busybox", "user-uid");
 pub const USER_NAME: ImageName = ImageName::new("busybox", "user-name");
 /// `USER app:app`.
 pub const USER_NAME_GROUP: ImageName = ImageName::new("busybox", "user-name-group");
+/// `USER app`, with an `/etc/group` listing `app` in `extra` (2000) and `more` (2001).
+pub const USER_GROUPS: ImageName = ImageName::new("busybox", "user-groups");
+/// `/etc/group` of [`USER_GROUPS`].
+pub const GROUP_WITH_MEMBERS: &str =
+    "root:x:0:\napp:x:1000:\nextra:x:2000:app\nmore:x:2001:nobody,app\nnogroup:x:65534:\n";
 /// `ENTRYPOINT ["/bin/echo", "entrypoint"]` with `CMD ["from-cmd"]`.
 pub const ENTRYPOINT: ImageName = ImageName::new("busybox", "entrypoint");
 /// The base as a plain tar layer.
@@ -129,6 +134,7 @@ pub const REGISTRY_IMAGES: &[ImageName] = &[
     USER_UID,
     USER_NAME,
     USER_NAME_GROUP,
+    USER_GROUPS,
     ENTRYPOINT,
     UNCOMPRESSED,
     PLAIN,
@@ -596,6 +602,19 @@ impl Catalog {
             single(USER_UID, user("1000"), vec![base.clone()])?,
             single(USER_NAME, user("app"), vec![base.clone()])?,
             single(USER_NAME_GROUP, user("app:app"), vec![base.clone()])?,
+            single(
+                USER_GROUPS,
+                user("app"),
+                vec![
+                    base.clone(),
+                    layer(
+                        &one_file("etc/group", GROUP_WITH_MEMBERS),
+                        gz,
+                        oci,
+                        "ADD group /etc/group",
+                    )?,
+                ],
+            )?,
             single(
                 ENTRYPOINT,
                 ConfigSpec {

@@ -89,6 +89,84 @@ fn validate(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// Makes a detached idmapped copy of the source of every bind mount with uid/gid mappings
+/// (recursive for `rbind`), by index in the spec's mounts. This needs the host's privileges,
+/// so it happens here, before any child joins the container's user namespace; the init then
+/// attaches them, as runc does.
+fn idmapped_binds(spec: &Spec, bundle: &Path) -> Result<Vec<(usize, OwnedFd)>> {
+    use crate::namespaces::userns::{IdMap, new_user_namespace};
+    use crate::syscall::mount_api::{clone_tree, setattr_fd};
+    use std::os::fd::AsFd;
+
+    let to_maps = |m: &[oci_spec::runtime::LinuxIdMapping]| -> Vec<IdMap> {
+        m.iter()
+            .map(|x| IdMap {
+                container_id: x.container_id(),
+                host_id: x.host_id(),
+                size: x.size(),
+            })
+            .collect()
+    };
+    // One user namespace per distinct (uid maps, gid maps).
+    type Maps = (Vec<IdMap>, Vec<IdMap>);
+    let mut namespaces: Vec<(Maps, OwnedFd)> = Vec::new();
+    let mut out = Vec::new();
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let (Some(u), Some(g)) = (m.uid_mappings(), m.gid_mappings()) else {
+            continue;
+        };
+        if u.is_empty() && g.is_empty() {
+            continue;
+        }
+        let opts = m.options().clone().unwrap_or_default();
+        if !opts.iter().any(|o| o == "bind" || o == "rbind") {
+            return Err(Error::InvalidSpec(format!(
+                "mount on {}: uid/gid mappings are only supported on bind mounts",
+                m.destination().display()
+            )));
+        }
+        let recursive = opts.iter().any(|o| o == "rbind");
+        let src = m.source().as_deref().ok_or_else(|| {
+            Error::InvalidSpec(format!(
+                "bind mount on {} has no source",
+                m.destination().display()
+            ))
+        })?;
+        let src = if src.is_absolute() {
+            src.to_path_buf()
+        } else {
+            bundle.join(src)
+        };
+        let key = (to_maps(u), to_maps(g));
+        let ns = match namespaces.iter().position(|(k, _)| *k == key) {
+            Some(p) => p,
+            None => {
+                let fd = new_user_namespace(&key.0, &key.1)?;
+                namespaces.push((key, fd));
+                namespaces.len() - 1
+            }
+        };
+        let tree = clone_tree(&src, recursive)?;
+        setattr_fd(
+            tree.as_fd(),
+            recursive,
+            libc::MOUNT_ATTR_IDMAP,
+            0,
+            Some(namespaces[ns].1.as_fd()),
+        )
+        .map_err(|e| {
+            Error::Child(format!(
+                "idmap the source {} of the mount on {}: {}",
+                src.display(),
+                m.destination().display(),
+                crate::syscall::describe(&e)
+            ))
+        })?;
+        out.push((i, tree));
+    }
+    Ok(out)
+}
+
 /// Opens the namespaces to join, in join order.
 pub(crate) fn open_joins(joins: &[(NsKind, PathBuf)]) -> Result<Vec<(NsKind, OwnedFd)>> {
     joins
@@ -304,6 +382,7 @@ pub(crate) fn create(opts: &CreateOptions) -> Result<Container> {
             _fifo: fifo_fd,
             new_cgroup_ns: new_cgroup,
             in_user_ns: new_user || joins_user,
+            idmapped: idmapped_binds(&spec, &bundle)?,
         }),
         preserve_fds: opts.preserve_fds,
         cgroup: cgroup_join,

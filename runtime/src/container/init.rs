@@ -47,6 +47,9 @@ pub(crate) struct InitPlan {
     pub _fifo: OwnedFd,
     pub new_cgroup_ns: bool,
     pub in_user_ns: bool,
+    /// Idmapped binds made before the user namespace was joined, by spec mount index; the
+    /// init attaches them (closed at exec: O_CLOEXEC).
+    pub idmapped: Vec<(usize, OwnedFd)>,
 }
 
 /// Everything the children need, built by the parent before forking.
@@ -193,6 +196,14 @@ fn stage1(plan: &ChildPlan, ch: &Channel) -> std::result::Result<(), String> {
     for (kind, fd) in &plan.joins {
         sys.setns(fd.as_fd(), kind.clone_flag())
             .map_err(|e| format!("join the {kind} namespace: {}", e2s(e)))?;
+    }
+    if plan.joins.iter().any(|(k, _)| *k == NsKind::User) {
+        // The host's root has no id in a pod's user namespace: files it made there would be
+        // refused (EOVERFLOW). Become the namespace's root, which keeps every capability.
+        nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+            .map_err(|e| format!("become root of the joined user namespace: setresgid: {e}"))?;
+        nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+            .map_err(|e| format!("become root of the joined user namespace: setresuid: {e}"))?;
     }
     if plan.new_user_ns {
         sys.unshare(CloneFlags::CLONE_NEWUSER)
@@ -357,6 +368,11 @@ fn init_setup(
         bundle: init.bundle.clone(),
         cgroup: rootfs::cgroup_layout(&mountinfo, &own_cgroups),
         bind_devices: init.in_user_ns,
+        idmapped: init
+            .idmapped
+            .iter()
+            .map(|(i, fd)| (*i, fd.as_raw_fd()))
+            .collect(),
     };
     rootfs::prepare_rootfs(sys, spec, &ctx).map_err(e2s)?;
     rootfs::pivot_root(sys, &init.rootfs).map_err(e2s)?;

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 pub(crate) mod forked;
 mod loopback;
 mod pin;
+pub mod userns;
 
 pub use loopback::{loopback_is_up, set_loopback_up};
 pub use pin::{PinnedNamespaces, pin, pin_pid_namespace_of, unpin};

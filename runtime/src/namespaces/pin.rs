@@ -25,6 +25,8 @@ const HOST_NAME_MAX: usize = 64;
 /// shares the host's).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PinnedNamespaces {
+    /// The pod's own user namespace, which owns the others (pods with `hostUsers: false`).
+    pub user: Option<PathBuf>,
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
@@ -37,6 +39,7 @@ impl PinnedNamespaces {
             NsKind::Net => self.net.as_deref(),
             NsKind::Ipc => self.ipc.as_deref(),
             NsKind::Uts => self.uts.as_deref(),
+            NsKind::User => self.user.as_deref(),
             _ => None,
         }
     }
@@ -48,6 +51,7 @@ impl PinnedNamespaces {
             path.exists().then_some(path)
         };
         PinnedNamespaces {
+            user: existing(NsKind::User),
             net: existing(NsKind::Net),
             ipc: existing(NsKind::Ipc),
             uts: existing(NsKind::Uts),
@@ -270,7 +274,8 @@ fn unmount_all(path: &Path) -> Result<()> {
 /// Unmounts and removes the pins under `dir` and `dir` itself. Missing pins are fine, so this
 /// can be repeated after a partial failure or a crash.
 pub fn unpin(dir: &Path) -> Result<()> {
-    for kind in PINNABLE.into_iter().chain([NsKind::Pid]) {
+    // The user namespace last: it owns the others.
+    for kind in PINNABLE.into_iter().chain([NsKind::Pid, NsKind::User]) {
         let path = dir.join(kind.proc_name());
         unmount_all(&path)?;
         match std::fs::remove_file(&path) {

@@ -12,6 +12,7 @@ pub mod options;
 pub mod secure_join;
 mod tmpfs;
 
+use std::os::fd::{BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -78,6 +79,60 @@ pub fn mount_overlay_with(
     sys.mount_fs_params("overlay", &params, target)
 }
 
+/// Mounts on `target` an overlay whose image layers are seen through idmapped mounts of the
+/// user namespace pinned at `userns`: a pod in its own user namespace sees its image's files
+/// owned by its own root and users, without a chown of the shared layers. Each lower layer is
+/// cloned with open_tree, idmapped, and handed to overlay as an fd (overlay itself cannot be
+/// idmapped). The container's own `upper` (fresh and empty) is chowned to the host ids of the
+/// pod's root, `root_ids`, as containerd does: overlay copies up with the mounter's (host
+/// root's) credentials, which an idmapped upper could not represent.
+pub fn mount_overlay_idmapped(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userns: &Path,
+    root_ids: (u32, u32),
+) -> Result<()> {
+    use crate::syscall::mount_api::{Param, attach, clone_tree, new_fs_with, setattr_fd};
+    use std::os::fd::AsFd;
+
+    if lowers.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "overlay on {} needs at least one lower layer",
+            target.display()
+        )));
+    }
+    let ns = std::fs::File::open(userns).map_err(|e| Error::io("open", userns, e))?;
+    let layers = lowers
+        .iter()
+        .map(|l| {
+            let tree = clone_tree(l, false)?;
+            setattr_fd(
+                tree.as_fd(),
+                false,
+                libc::MOUNT_ATTR_IDMAP,
+                0,
+                Some(ns.as_fd()),
+            )
+            .map_err(|e| Error::Child(format!("idmap layer {}: {}", l.display(), describe(&e))))?;
+            Ok(tree)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::os::unix::fs::chown(upper, Some(root_ids.0), Some(root_ids.1))
+        .map_err(|e| Error::io("chown", upper, e))?;
+    let upper_s = path_str(upper)?;
+    let work_s = path_str(work)?;
+    let mut params: Vec<(&str, Param<'_>)> = layers
+        .iter()
+        .map(|l| ("lowerdir+", Param::Fd(l.as_fd())))
+        .collect();
+    params.push(("upperdir", Param::Str(&upper_s)));
+    params.push(("workdir", Param::Str(&work_s)));
+    let mnt = new_fs_with("overlay", &params)?;
+    attach(mnt.as_fd(), target)
+}
+
 fn page_size() -> usize {
     // SAFETY: sysconf only reads a system constant.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -102,6 +157,9 @@ pub struct RootfsContext {
     /// Bind-mount host devices instead of mknod (set when mknod is known not to be allowed,
     /// e.g. in a user namespace); an EPERM from mknod switches to binding as well.
     pub bind_devices: bool,
+    /// Idmapped binds the runtime prepared, by index in the spec's mounts: attached instead
+    /// of bound (a process in the container's user namespace cannot idmap a host mount).
+    pub idmapped: Vec<(usize, RawFd)>,
 }
 
 /// Prepares the rootfs before `pivot_root`: root propagation, the rootfs bound onto itself,
@@ -121,8 +179,8 @@ pub fn prepare_rootfs(sys: &dyn Syscall, spec: &Spec, ctx: &RootfsContext) -> Re
     sys.bind_mount(&ctx.rootfs, &ctx.rootfs, true)?;
 
     let mounts: &[Mount] = spec.mounts().as_deref().unwrap_or(&[]);
-    for m in mounts {
-        mount_into_rootfs(sys, ctx, m)?;
+    for (i, m) in mounts.iter().enumerate() {
+        mount_into_rootfs(sys, ctx, i, m)?;
     }
 
     let dev_is_bind = mounts
@@ -240,7 +298,12 @@ fn mount_err(m: &Mount, e: Error) -> Error {
 /// Mounts one spec mount into the rootfs: creates the mount point (a directory, or a file
 /// when a file is bound), mounts, remounts binds that ask for flags (`ro`, `nosuid`, …),
 /// then applies propagation and recursive attributes.
-fn mount_into_rootfs(sys: &dyn Syscall, ctx: &RootfsContext, m: &Mount) -> Result<()> {
+fn mount_into_rootfs(
+    sys: &dyn Syscall,
+    ctx: &RootfsContext,
+    index: usize,
+    m: &Mount,
+) -> Result<()> {
     let o = options::parse(opts(m));
     let typ = m.typ().as_deref().unwrap_or("");
     let dest = lexical_dest(m);
@@ -275,7 +338,12 @@ fn mount_into_rootfs(sys: &dyn Syscall, ctx: &RootfsContext, m: &Mount) -> Resul
     let res = if typ == "cgroup" || typ == "cgroup2" {
         mount_cgroup(sys, ctx, &target, &o)
     } else if o.is_bind() {
-        mount_bind(sys, ctx, m, &target, &o)
+        let idmapped = ctx
+            .idmapped
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, fd)| *fd);
+        mount_bind(sys, ctx, m, &target, &o, idmapped)
     } else {
         sys.mkdir_all(&target, 0o755)
             .and_then(|()| mount_fs(sys, m, typ, &target, &o))
@@ -325,6 +393,7 @@ fn mount_bind(
     m: &Mount,
     target: &Path,
     o: &options::MountOptions,
+    idmapped: Option<RawFd>,
 ) -> Result<()> {
     let src = m.source().as_deref().ok_or_else(|| {
         Error::InvalidSpec(format!(
@@ -347,7 +416,14 @@ fn mount_bind(
         Some(FileKind::Dir) => sys.mkdir_all(target, 0o755)?,
         Some(_) => sys.create_file(target)?,
     }
-    sys.bind_mount(&src, target, o.flags.contains(MsFlags::MS_REC))?;
+    match idmapped {
+        Some(fd) => {
+            // SAFETY: the fd is an open mount fd of the init plan, alive until exec.
+            let mnt = unsafe { BorrowedFd::borrow_raw(fd) };
+            sys.attach_mount(mnt, target)?;
+        }
+        None => sys.bind_mount(&src, target, o.flags.contains(MsFlags::MS_REC))?,
+    }
     let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
     if !extra.is_empty() {
         sys.remount_bind(target, extra)?;
@@ -448,6 +524,7 @@ mod tests {
             bundle: PathBuf::from("/b"),
             cgroup,
             bind_devices: false,
+            idmapped: Vec::new(),
         }
     }
 
@@ -619,6 +696,43 @@ mod tests {
             target: "/proc/self/fd/2".into(),
             link: "/b/rootfs/dev/stderr".into()
         }));
+    }
+
+    #[test]
+    fn idmapped_binds_are_attached_not_bound() {
+        let t = TestSyscall::new();
+        t.add_dir("/host/data");
+        t.add_dir("/host/other");
+        let s = spec(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "mounts": [
+                {"destination": "/other", "type": "bind", "source": "/host/other",
+                 "options": ["rbind"]},
+                {"destination": "/data", "type": "bind", "source": "/host/data",
+                 "options": ["rbind", "ro"],
+                 "uidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}],
+                 "gidMappings": [{"containerID": 0, "hostID": 100000, "size": 65536}]}
+            ]
+        }));
+        let mut c = ctx(CgroupLayout::None);
+        c.idmapped = vec![(1, 42)];
+        prepare_rootfs(&t, &s, &c).unwrap();
+        let m = t.mounts();
+        assert!(m.contains(&bind("/host/other", "/b/rootfs/other", true)));
+        let at = m
+            .iter()
+            .position(|c| {
+                *c == Call::AttachMount {
+                    fd: 42,
+                    target: "/b/rootfs/data".into(),
+                }
+            })
+            .expect("attached");
+        // Still remounted read-only as asked, and never bound from the host path.
+        assert!(matches!(&m[at + 1], Call::Mount { target, flags, .. }
+            if target == Path::new("/b/rootfs/data") && flags.contains(MsFlags::MS_RDONLY)));
+        assert!(!m.contains(&bind("/host/data", "/b/rootfs/data", true)));
     }
 
     #[test]

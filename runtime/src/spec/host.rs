@@ -46,6 +46,8 @@ pub trait SpecHost {
     fn swap_available(&self) -> bool;
     /// Whether an AppArmor profile of that name is loaded.
     fn apparmor_profile_loaded(&self, name: &str) -> Result<bool>;
+    /// Whether the kernel makes a mount tree read-only with `mount_setattr(AT_RECURSIVE)`.
+    fn recursive_read_only_supported(&self) -> bool;
 }
 
 /// The real host.
@@ -155,6 +157,10 @@ impl SpecHost for LinuxHost {
         Ok(list
             .lines()
             .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(" ("))))
+    }
+
+    fn recursive_read_only_supported(&self) -> bool {
+        crate::features::recursive_read_only_supported()
     }
 }
 
@@ -297,6 +303,7 @@ pub(crate) mod tests_support {
         pub swap: bool,
         pub cgroup2: bool,
         pub apparmor_profiles: Vec<String>,
+        pub no_recursive_read_only: bool,
         pub created: RefCell<Vec<PathBuf>>,
         pub propagation: RefCell<HashMap<PathBuf, Propagation>>,
     }
@@ -396,6 +403,10 @@ pub(crate) mod tests_support {
 
         fn apparmor_profile_loaded(&self, name: &str) -> Result<bool> {
             Ok(self.apparmor_profiles.iter().any(|p| p == name))
+        }
+
+        fn recursive_read_only_supported(&self) -> bool {
+            !self.no_recursive_read_only
         }
     }
 }

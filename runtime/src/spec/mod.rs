@@ -75,6 +75,9 @@ pub struct PodNamespaces {
     pub uts: Option<PathBuf>,
     /// PID namespace, present only when the pod shares one PID namespace.
     pub pid: Option<PathBuf>,
+    /// The pod's own user namespace (userns_options mode POD), which owns its net, ipc and
+    /// uts namespaces.
+    pub user: Option<PathBuf>,
 }
 
 /// Everything [`generate`] needs to build one container's spec.
@@ -228,8 +231,19 @@ pub fn generate_with(input: &SpecInput, host: &dyn SpecHost) -> Result<Spec> {
     let (masked, readonly) = security::masked_and_readonly_paths(sc);
 
     let mut linux = Linux::default();
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    // Joined by path: the maps say what the pinned namespace has (as containerd writes them).
+    let joins_user = ns
+        .namespaces
+        .iter()
+        .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User);
+    let userns_maps = ns_options
+        .userns_options
+        .as_ref()
+        .filter(|_| joins_user)
+        .map(|u| Ok::<_, Error>((mounts::oci_id_maps(&u.uids)?, mounts::oci_id_maps(&u.gids)?)))
+        .transpose()?;
+    linux.set_uid_mappings(userns_maps.as_ref().map(|m| m.0.clone()));
+    linux.set_gid_mappings(userns_maps.map(|m| m.1));
     linux.set_sysctl((!sysctls.is_empty()).then_some(sysctls));
     linux.set_resources(Some(linux_resources));
     linux.set_cgroups_path(
@@ -370,6 +384,7 @@ mod tests {
                 ipc: Some("/run/bungeo/ns/sb1/ipc".into()),
                 uts: Some("/run/bungeo/ns/sb1/uts".into()),
                 pid: None,
+                user: None,
             },
         }
     }

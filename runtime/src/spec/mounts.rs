@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, Mount as CriMount, MountPropagation};
-use oci_spec::runtime::Mount;
+use oci_spec::runtime::{LinuxIdMapping, LinuxIdMappingBuilder, Mount};
 
 use super::SandboxFiles;
 use super::host::{Propagation, SpecHost};
@@ -89,6 +89,9 @@ struct Bind {
     readonly: bool,
     recursive_readonly: bool,
     propagation: i32,
+    /// Non-empty: an idmapped bind (the runtime idmaps the source with these maps).
+    uid_mappings: Vec<LinuxIdMapping>,
+    gid_mappings: Vec<LinuxIdMapping>,
 }
 
 impl Bind {
@@ -99,6 +102,8 @@ impl Bind {
             readonly,
             recursive_readonly: false,
             propagation: MountPropagation::PropagationPrivate as i32,
+            uid_mappings: Vec::new(),
+            gid_mappings: Vec::new(),
         }
     }
 }
@@ -135,10 +140,20 @@ fn from_cri(m: &CriMount) -> Result<Bind> {
             m.container_path
         )));
     }
-    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-        return Err(Error::Unsupported(format!(
-            "id-mapped mount at {:?} is not supported",
+    if m.uid_mappings.is_empty() != m.gid_mappings.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "id-mapped mount at {:?} needs both uid and gid mappings",
             m.container_path
+        )));
+    }
+    if let Some(bad) =
+        m.uid_mappings.iter().chain(&m.gid_mappings).find(|x| {
+            x.length == 0 || u64::from(x.host_id) + u64::from(x.length) > u64::from(u32::MAX)
+        })
+    {
+        return Err(Error::InvalidArgument(format!(
+            "id-mapped mount at {:?}: invalid mapping {}:{}:{}",
+            m.container_path, bad.container_id, bad.host_id, bad.length
         )));
     }
     if m.host_path.is_empty() {
@@ -167,7 +182,23 @@ fn from_cri(m: &CriMount) -> Result<Bind> {
         readonly: m.readonly,
         recursive_readonly: m.recursive_read_only,
         propagation: m.propagation,
+        uid_mappings: oci_id_maps(&m.uid_mappings)?,
+        gid_mappings: oci_id_maps(&m.gid_mappings)?,
     })
+}
+
+/// CRI id mappings as OCI ones.
+pub(super) fn oci_id_maps(maps: &[k8s_cri::v1::IdMapping]) -> Result<Vec<LinuxIdMapping>> {
+    maps.iter()
+        .map(|m| {
+            LinuxIdMappingBuilder::default()
+                .host_id(m.host_id)
+                .container_id(m.container_id)
+                .size(m.length)
+                .build()
+                .map_err(|e| Error::InvalidSpec(format!("id mapping: {e}")))
+        })
+        .collect()
 }
 
 /// Plans every mount of the container. Missing bind sources are created as directories
@@ -179,6 +210,14 @@ pub(super) fn plan(input: &MountInput, host: &dyn SpecHost) -> Result<MountPlan>
         .iter()
         .map(from_cri)
         .collect::<Result<_>>()?;
+    if let Some(b) = binds.iter().find(|b| b.recursive_readonly)
+        && !host.recursive_read_only_supported()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "recursive read-only mount at {:?}: this kernel cannot make a mount tree read-only (mount_setattr with AT_RECURSIVE, Linux 5.12 or later)",
+            b.destination
+        )));
+    }
     let requested = |dest: &str, binds: &[Bind]| binds.iter().any(|b| b.destination == dest);
 
     let files = input.sandbox_files;
@@ -264,12 +303,17 @@ pub(super) fn plan(input: &MountInput, host: &dyn SpecHost) -> Result<MountPlan>
         } else {
             "rw"
         };
-        mounts.push(mount(
+        let mut m = mount(
             &b.destination,
             "bind",
             &source.to_string_lossy(),
             &["rbind", prop, access],
-        ));
+        );
+        if !b.uid_mappings.is_empty() {
+            m.set_uid_mappings(Some(b.uid_mappings.clone()));
+            m.set_gid_mappings(Some(b.gid_mappings.clone()));
+        }
+        mounts.push(m);
     }
     Ok(MountPlan {
         mounts,
@@ -636,6 +680,24 @@ mod tests {
         let mut shared = m.clone();
         shared.propagation = MountPropagation::PropagationHostToContainer as i32;
         assert!(bad(shared).contains("must have private propagation"));
+        let old_kernel = FakeHost {
+            no_recursive_read_only: true,
+            ..Default::default()
+        };
+        let e = run(&c, false, false, false, &old_kernel).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e:?}");
+        assert!(e.to_string().contains("AT_RECURSIVE"), "{e}");
+        // Without rro the same kernel is fine.
+        let plain = ContainerConfig {
+            mounts: vec![cri(
+                "/r",
+                "/h/r",
+                true,
+                MountPropagation::PropagationPrivate,
+            )],
+            ..Default::default()
+        };
+        run(&plain, false, false, false, &old_kernel).unwrap();
         assert!(
             bad(cri(
                 "rel",
@@ -655,6 +717,37 @@ mod tests {
             ..Default::default()
         });
         assert!(bad(img).contains("image volume mount"));
+        let idmap = |uids: Vec<(u32, u32, u32)>, gids: Vec<(u32, u32, u32)>| {
+            let mut m = cri("/id", "/h/id", false, MountPropagation::PropagationPrivate);
+            let conv = |v: Vec<(u32, u32, u32)>| {
+                v.into_iter()
+                    .map(|(c, h, l)| k8s_cri::v1::IdMapping {
+                        container_id: c,
+                        host_id: h,
+                        length: l,
+                    })
+                    .collect()
+            };
+            m.uid_mappings = conv(uids);
+            m.gid_mappings = conv(gids);
+            m
+        };
+        assert!(bad(idmap(vec![(0, 1000, 10)], vec![])).contains("both uid and gid"));
+        assert!(bad(idmap(vec![(0, 1000, 0)], vec![(0, 1000, 1)])).contains("invalid mapping"));
+        let c = ContainerConfig {
+            mounts: vec![idmap(vec![(0, 100_000, 65536)], vec![(0, 200_000, 65536)])],
+            ..Default::default()
+        };
+        let p = run(&c, false, false, false, &host).unwrap();
+        let m = p
+            .mounts
+            .iter()
+            .find(|m| m.destination() == Path::new("/id"))
+            .unwrap();
+        let u = m.uid_mappings().clone().unwrap();
+        let g = m.gid_mappings().clone().unwrap();
+        assert_eq!((u[0].host_id(), u[0].size()), (100_000, 65536));
+        assert_eq!(g[0].host_id(), 200_000);
     }
 
     #[test]

@@ -81,20 +81,52 @@ fn pod_shared(
 
 /// Plans the namespaces in containerd's order: pid, ipc, uts, mount, network, cgroup.
 pub(super) fn plan(input: &NamespaceInput) -> Result<NamespacePlan> {
-    if let Some(u) = input.userns
-        && u.mode == NamespaceMode::Pod as i32
-        && (!u.uids.is_empty() || !u.gids.is_empty())
-    {
-        return Err(Error::Unsupported(
-            "user namespaces (hostUsers: false) are not supported".to_string(),
-        ));
-    }
     let o = input.options;
     let net_mode = mode(o.network, "network")?;
     let ipc_mode = mode(o.ipc, "IPC")?;
     let pid_mode = mode(o.pid, "PID")?;
 
     let mut out = Vec::new();
+    // A pod in its own user namespace: every container joins the pinned one, which owns the
+    // pod's net, ipc and uts namespaces (CONTAINER and TARGET are no user namespace modes).
+    let user_mode = input
+        .userns
+        .map(|u| mode(u.mode, "user"))
+        .transpose()?
+        .unwrap_or(NamespaceMode::Node);
+    match user_mode {
+        NamespaceMode::Node => {}
+        NamespaceMode::Pod => {
+            if input.privileged {
+                return Err(Error::InvalidArgument(
+                    "a privileged container cannot run in a pod user namespace".to_string(),
+                ));
+            }
+            if pid_mode == NamespaceMode::Pod {
+                // The pod's shared PID namespace belongs to the node's user namespace (its infra
+                // process runs there), which a process in the pod's cannot join.
+                return Err(Error::InvalidArgument(
+                    "a shared pod PID namespace is not supported together with a pod user namespace"
+                        .to_string(),
+                ));
+            }
+            match &input.pod.user {
+                Some(p) => out.push(ns(LinuxNamespaceType::User, Some(p.clone()))),
+                None => {
+                    return Err(Error::InvalidArgument(
+                        "the pod has no user namespace to join (its sandbox was run without userns_options mode POD)"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "user namespace mode {} is not supported (POD or NODE)",
+                other.as_str_name()
+            )));
+        }
+    }
     match pid_mode {
         NamespaceMode::Container => out.push(ns(LinuxNamespaceType::Pid, None)),
         NamespaceMode::Node => {}
@@ -214,6 +246,7 @@ mod tests {
             ipc: Some("/run/bungeo/ns/sb/ipc".into()),
             uts: Some("/run/bungeo/ns/sb/uts".into()),
             pid: Some("/proc/42/ns/pid".into()),
+            user: None,
         }
     }
 
@@ -374,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn user_namespaces_are_unsupported_but_node_mode_is_fine() {
+    fn pod_user_namespace_is_joined_and_node_mode_is_fine() {
         use NamespaceMode::*;
         let o = opts(Pod, Container, Pod);
         let mut input = NamespaceInput {
@@ -402,7 +435,33 @@ mod tests {
             gids: vec![],
         };
         input.userns = Some(&pod);
-        assert!(matches!(plan(&input), Err(Error::Unsupported(_))));
+        // The pod has no pinned user namespace.
+        assert!(matches!(plan(&input), Err(Error::InvalidArgument(_))));
+        let with_user = PodNamespaces {
+            user: Some("/run/ns/user".into()),
+            ..pinned()
+        };
+        input.pod = &with_user;
+        let p = plan(&input).unwrap();
+        assert_eq!(p.namespaces[0].typ(), LinuxNamespaceType::User);
+        assert_eq!(
+            p.namespaces[0].path().as_deref(),
+            Some(Path::new("/run/ns/user"))
+        );
+        input.privileged = true;
+        assert!(matches!(plan(&input), Err(Error::InvalidArgument(_))));
+        input.privileged = false;
+        let shared_pid = opts(Pod, Pod, Pod);
+        input.options = &shared_pid;
+        let e = plan(&input).unwrap_err().to_string();
+        assert!(e.contains("shared pod PID namespace"), "{e}");
+        input.options = &o;
+        let container_mode = UserNamespace {
+            mode: Container as i32,
+            ..pod.clone()
+        };
+        input.userns = Some(&container_mode);
+        assert!(matches!(plan(&input), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

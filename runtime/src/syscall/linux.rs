@@ -281,6 +281,31 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn attach_mount(&self, mnt: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        let target_fd =
+            open_nofollow(target).map_err(|e| refuse_symlink("move_mount onto", target, e))?;
+        let empty = c"";
+        // SAFETY: move_mount attaches the detached mount `mnt` on the directory or file
+        // `target_fd` refers to; both fds are valid and the empty paths are NUL-terminated.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                mnt.as_raw_fd(),
+                empty.as_ptr(),
+                target_fd.as_raw_fd(),
+                empty.as_ptr(),
+                libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+            )
+        };
+        if r < 0 {
+            return Err(Error::sys(
+                format!("move_mount onto {}", target.display()),
+                Errno::last(),
+            ));
+        }
+        Ok(())
+    }
+
     fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()> {
         nix::mount::umount2(target, flags)
             .map_err(|e| Error::sys(format!("umount {}", target.display()), e))

@@ -5,6 +5,7 @@
 //! against the recording [`test::TestSyscall`] in unit tests, without root.
 
 pub mod linux;
+pub mod mount_api;
 pub mod test;
 
 use std::os::fd::BorrowedFd;
@@ -62,6 +63,10 @@ pub trait Syscall {
 
     /// umount2(2).
     fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()>;
+
+    /// Attaches the detached mount `mnt` (an idmapped bind made by the runtime before the
+    /// container's user namespace was joined) at `target` with move_mount(2).
+    fn attach_mount(&self, mnt: BorrowedFd<'_>, target: &Path) -> Result<()>;
 
     /// Makes `rootfs` the root: pivot_root(rootfs, rootfs), then the old root (stacked on top
     /// of the new one) is made rslave, so its unmount cannot propagate to the host, and is

@@ -38,6 +38,10 @@ pub enum Call {
         target: PathBuf,
         flags: MntFlags,
     },
+    AttachMount {
+        fd: i32,
+        target: PathBuf,
+    },
     PivotRootfs(PathBuf),
     Chdir(PathBuf),
     Chroot(PathBuf),
@@ -131,6 +135,7 @@ impl TestSyscall {
                         | Call::MountFsParams { .. }
                         | Call::MountSetattr { .. }
                         | Call::Umount2 { .. }
+                        | Call::AttachMount { .. }
                         | Call::PivotRootfs(_)
                 )
             })
@@ -268,6 +273,14 @@ impl Syscall for TestSyscall {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            target: target.to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn attach_mount(&self, mnt: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        self.record(Call::AttachMount {
+            fd: mnt.as_raw_fd(),
             target: target.to_path_buf(),
         });
         Ok(())
