@@ -9,11 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use bungeo_shim::attach::StdioOptions;
 use bungeo_shim::protos::TaskClient;
 use bungeo_shim::protos::api::{
-    ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest, KillRequest,
-    ShutdownRequest, StartRequest, StateRequest, Status as TaskStatus, UpdateTaskRequest,
-    WaitRequest,
+    CloseIORequest, ConnectRequest, CreateTaskRequest, DeleteRequest, ExecProcessRequest,
+    KillRequest, ResizePtyRequest, ShutdownRequest, StartRequest, StateRequest,
+    Status as TaskStatus, UpdateTaskRequest, WaitRequest,
 };
 use bungeo_shim::protos::protobuf::MessageField;
 use bungeo_shim::protos::protobuf::well_known_types::any::Any;
@@ -231,8 +232,15 @@ impl Shim {
             .map_err(CallError::from_ttrpc)
     }
 
-    /// Creates the container's init: output to the CRI log at `log` (none: discarded).
-    pub fn create(&self, bundle: &Path, log: Option<&Path>, terminal: bool) -> CallResult<u32> {
+    /// Creates the container's init: output to the CRI log at `log` (none: discarded), and to
+    /// clients of its attach socket; `stdio` says whether the shim holds its stdin open.
+    pub fn create(
+        &self,
+        bundle: &Path,
+        log: Option<&Path>,
+        terminal: bool,
+        stdio: StdioOptions,
+    ) -> CallResult<u32> {
         let log = log
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -241,6 +249,11 @@ impl Shim {
             bundle: bundle.to_string_lossy().into_owned(),
             terminal,
             stdout: log,
+            options: MessageField::some(Any {
+                type_url: bungeo_shim::attach::OPTIONS_TYPE_URL.to_owned(),
+                value: stdio.to_json(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         self.client
@@ -367,6 +380,68 @@ impl Shim {
         };
         self.client
             .exec(ctx(Some(CALL_TIMEOUT)), &req)
+            .map(drop)
+            .map_err(CallError::from_ttrpc)
+    }
+
+    /// Registers a streaming exec process: `stdin` (a FIFO, or empty for none) is copied into
+    /// it; its output goes to the FIFOs `stdout` and `stderr` (with a terminal, all of it to
+    /// `stdout`).
+    pub fn exec_streaming(
+        &self,
+        exec_id: &str,
+        process: Vec<u8>,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        terminal: bool,
+    ) -> CallResult<()> {
+        let spec = Any {
+            type_url: PROCESS_TYPE_URL.to_owned(),
+            value: process,
+            ..Default::default()
+        };
+        let req = ExecProcessRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            stdin: stdin.to_owned(),
+            stdout: stdout.to_owned(),
+            stderr: stderr.to_owned(),
+            terminal,
+            spec: MessageField::some(spec),
+            ..Default::default()
+        };
+        self.client
+            .exec(ctx(Some(CALL_TIMEOUT)), &req)
+            .map(drop)
+            .map_err(CallError::from_ttrpc)
+    }
+
+    /// Resizes the terminal of the init (`exec_id` empty) or an exec process.
+    pub fn resize_pty(&self, exec_id: &str, width: u32, height: u32) -> CallResult<()> {
+        let req = ResizePtyRequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.client
+            .resize_pty(ctx(Some(CALL_TIMEOUT)), &req)
+            .map(drop)
+            .map_err(CallError::from_ttrpc)
+    }
+
+    /// Closes the stdin of the init (`exec_id` empty) or an exec process.
+    pub fn close_stdin(&self, exec_id: &str) -> CallResult<()> {
+        let req = CloseIORequest {
+            id: self.id.clone(),
+            exec_id: exec_id.to_owned(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.client
+            .close_io(ctx(Some(CALL_TIMEOUT)), &req)
             .map(drop)
             .map_err(CallError::from_ttrpc)
     }

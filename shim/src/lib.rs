@@ -3,7 +3,8 @@
 //! The daemon starts one shim per container ([`launch::launch`], or the binary's flags, see
 //! [`config::Config`]). The shim detaches from the daemon (new session, re-parented away), is a
 //! child subreaper so the container's processes are its children, keeps the container's stdio,
-//! writes the CRI log ([`cri_log`]), records the init's exit in `exit.json` before reporting it
+//! writes the CRI log ([`cri_log`]) and fans the init's output out to attached clients
+//! ([`attach`]), records the init's exit in `exit.json` before reporting it
 //! ([`exit_record`], with OOM kills from the memory cgroup, [`oom`]), and serves the containerd
 //! shim Task API over ttrpc on a 0600 unix socket ([`service`]). Containers are created and
 //! changed through the OCI runtime's command line ([`runtime_cli`] says why).
@@ -13,6 +14,7 @@
 //! of its own. No async runtime: the shim is a long-lived process per container, so its memory
 //! counts many times over.
 
+pub mod attach;
 pub mod config;
 pub mod cri_log;
 pub mod detach;

@@ -12,6 +12,7 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signalfd::SignalFd;
 
+use crate::attach::{Attach, Slot};
 use crate::config::Config;
 use crate::cri_log::{CriLog, Stream};
 use crate::exit_record::{self, ExitRecord};
@@ -43,6 +44,8 @@ pub struct Pump {
     pending: Vec<u8>,
     /// Stop reading; finish once what is pending is written (CloseIO).
     closing: bool,
+    /// Also hand what is read to attached clients, as this stream (the init's output).
+    fanout: Option<Stream>,
 }
 
 impl Pump {
@@ -55,7 +58,14 @@ impl Pump {
             sink,
             pending: Vec::new(),
             closing: false,
+            fanout: None,
         }
+    }
+
+    /// Makes the pump also pass its bytes to attached clients as `stream`.
+    pub fn with_fanout(mut self, stream: Stream) -> Self {
+        self.fanout = Some(stream);
+        self
     }
 
     fn done(&self) -> bool {
@@ -87,6 +97,7 @@ pub struct Shared {
     /// The container's log, written by the loop, reopened by Update.
     pub log: Mutex<Option<CriLog>>,
     new_pumps: Mutex<Vec<Pump>>,
+    new_attach: Mutex<Option<Attach>>,
     wake: OwnedFd,
 }
 
@@ -105,6 +116,7 @@ impl Shared {
             changed: Condvar::new(),
             log: Mutex::new(None),
             new_pumps: Mutex::new(Vec::new()),
+            new_attach: Mutex::new(None),
             wake,
         }
     }
@@ -124,6 +136,12 @@ impl Shared {
         self.wake();
     }
 
+    /// Hands the init's attach socket to the loop.
+    pub fn set_attach(&self, attach: Attach) {
+        *lock(&self.new_attach) = Some(attach);
+        self.wake();
+    }
+
     /// Waits on [`Shared::changed`] with the state lock.
     pub fn wait<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
@@ -134,10 +152,14 @@ impl Shared {
 /// pipe [`Shared::wake`] writes.
 pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
     let mut pumps: Vec<Pump> = Vec::new();
+    let mut attach: Option<Attach> = None;
     let mut buf = vec![0u8; CHUNK];
     let mut log_failed = false;
     loop {
         pumps.append(&mut lock(&shared.new_pumps));
+        if let Some(a) = lock(&shared.new_attach).take() {
+            attach = Some(a);
+        }
         let now = Instant::now();
         let (due, deadline, exit_now) = {
             let mut st = lock(&shared.state);
@@ -148,6 +170,11 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
                 for p in pumps.iter_mut().filter(|p| p.owner == key && !p.output) {
                     p.closing = true;
                 }
+                if key == INIT
+                    && let Some(a) = attach.as_mut()
+                {
+                    a.close_stdin();
+                }
             }
             pumps.retain(|p| !p.done());
             let due = st.due_exits(now, |key| pumps.iter().any(|p| p.output && p.owner == key));
@@ -156,6 +183,12 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
         };
         if !due.is_empty() {
             publish(shared, &due);
+            if due.iter().any(|k| k == INIT)
+                && let Some(a) = attach.as_mut()
+            {
+                // Every byte of the init's output is queued for the clients by now.
+                a.finish();
+            }
             continue;
         }
         if exit_now {
@@ -177,6 +210,14 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
                 slots.push((i, true));
             }
         }
+        let attach_start = fds.len();
+        let attach_fds = attach.as_ref().map(|a| a.poll_fds()).unwrap_or_default();
+        let attach_slots: Vec<Slot> = attach_fds.iter().map(|(_, _, s)| *s).collect();
+        fds.extend(
+            attach_fds
+                .into_iter()
+                .map(|(fd, ev, _)| PollFd::new(fd, ev)),
+        );
         let timeout = match deadline {
             None => PollTimeout::NONE,
             Some(d) => {
@@ -196,6 +237,11 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
+        let attach_ready: Vec<(Slot, PollFlags)> = attach_slots
+            .iter()
+            .zip(&fds[attach_start..])
+            .map(|(s, f)| (*s, f.revents().unwrap_or(PollFlags::empty())))
+            .collect();
         drop(fds);
         if ready[0] {
             // The siginfo is not needed: every iteration reaps whatever has exited.
@@ -203,6 +249,10 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
         }
         if ready[1] {
             while matches!(nix::unistd::read(wake, &mut buf), Ok(n) if n > 0) {}
+        }
+        // Before the pumps: their output may drop clients, which renumbers the slots.
+        if let Some(a) = attach.as_mut() {
+            a.handle(&attach_ready, &mut buf);
         }
         for (k, &(i, write)) in slots.iter().enumerate() {
             if !ready[k + 2] {
@@ -212,14 +262,20 @@ pub fn run(shared: &Shared, signals: &SignalFd, wake: &OwnedFd) {
             if write {
                 flush(p);
             } else {
-                fill(shared, p, &mut buf, &mut log_failed);
+                fill(shared, p, &mut buf, &mut log_failed, attach.as_mut());
             }
         }
     }
 }
 
 /// Reads once from the pump's source and passes it on.
-fn fill(shared: &Shared, p: &mut Pump, buf: &mut [u8], log_failed: &mut bool) {
+fn fill(
+    shared: &Shared,
+    p: &mut Pump,
+    buf: &mut [u8],
+    log_failed: &mut bool,
+    attach: Option<&mut Attach>,
+) {
     let Some(src) = &p.src else {
         return;
     };
@@ -240,6 +296,7 @@ fn fill(shared: &Shared, p: &mut Pump, buf: &mut [u8], log_failed: &mut bool) {
         return;
     }
     let data = &buf[..n];
+    // The log first: a client is never ahead of it.
     match &p.sink {
         Sink::Log(stream) => {
             if let Some(log) = lock(&shared.log).as_mut()
@@ -253,6 +310,9 @@ fn fill(shared: &Shared, p: &mut Pump, buf: &mut [u8], log_failed: &mut bool) {
             p.pending.extend_from_slice(data);
             flush(p);
         }
+    }
+    if let (Some(stream), Some(a)) = (p.fanout, attach) {
+        a.broadcast(stream, data);
     }
 }
 
@@ -421,5 +481,62 @@ mod tests {
         shared.wake();
         looper.join().unwrap();
         drop(fifo_w);
+    }
+
+    /// The init's output reaches the log and an attached client, and the client's stdin
+    /// reaches the container's stdin pipe, through the loop.
+    #[test]
+    fn init_output_fans_out_to_attach_clients_beside_the_log() {
+        use std::io::{Read, Write};
+        let _children = crate::tests::CHILDREN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let (wake_r, wake_w) = pipe();
+        let shared = std::sync::Arc::new(Shared::new(config(dir.path()), wake_w));
+        let log_path = dir.path().join("c.log");
+        *lock(&shared.log) = Some(CriLog::open(&log_path).unwrap());
+        let (stdin_r, stdin_w) = pipe();
+        shared.set_attach(Attach::bind(dir.path(), Some(stdin_w), false).unwrap());
+        let (out_r, out_w) = pipe();
+        shared.add_pumps(vec![
+            Pump::new(INIT, true, out_r, Sink::Log(Stream::Stderr)).with_fanout(Stream::Stderr),
+        ]);
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGURG);
+        let sfd =
+            SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).unwrap();
+        let s2 = shared.clone();
+        let looper = std::thread::spawn(move || run(&s2, &sfd, &wake_r));
+
+        let mut client = crate::attach::connect(dir.path()).unwrap();
+        client.write_all(&[crate::attach::MODE_STDIN]).unwrap();
+        client.write_all(b"typed").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut typed = Vec::new();
+        while typed.len() < 5 && Instant::now() < deadline {
+            let mut b = [0u8; 16];
+            if let Ok(n) = nix::unistd::read(&stdin_r, &mut b) {
+                typed.extend_from_slice(&b[..n]);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(typed, b"typed");
+        // The client is accepted by now (its stdin arrived), so it sees this output.
+        nix::unistd::write(&out_w, b"oops\n").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut frame = [0u8; crate::attach::FRAME_HEADER + 5];
+        client.read_exact(&mut frame).unwrap();
+        assert_eq!(frame[0], crate::attach::FRAME_STDERR);
+        assert_eq!(&frame[crate::attach::FRAME_HEADER..], b"oops\n");
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        assert!(text.ends_with(" stderr F oops\n"), "{text}");
+
+        lock(&shared.state).exit_at = Some(Instant::now());
+        shared.wake();
+        looper.join().unwrap();
+        assert!(!dir.path().join(crate::attach::SOCKET).exists());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 use containerd_shim_protos::api::{CreateTaskRequest, StartRequest};
 
 use super::{EXIT_AFTER_DELETE, TaskService, read_pid};
+use crate::attach::{Attach, StdioOptions};
 use crate::cri_log::{CriLog, Stream};
 use crate::oom::OomCounter;
 use crate::runtime_cli::CommandIo;
@@ -66,6 +67,17 @@ impl TaskService {
     }
 
     pub(super) fn create_init(&self, req: &CreateTaskRequest) -> Result<u32> {
+        let opts = match req.options.as_ref() {
+            Some(any) => StdioOptions::parse(&any.type_url, &any.value)?,
+            None => StdioOptions::default(),
+        };
+        if opts.stdin && !req.stdin.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "container {}: stdin is either a FIFO ({}) or held open for attach, not both",
+                self.id(),
+                req.stdin
+            )));
+        }
         if !req.stdout.is_empty() {
             let path = Path::new(&req.stdout);
             if !path.is_absolute() {
@@ -91,6 +103,8 @@ impl TaskService {
             Some(open_stdin(&req.stdin)?)
         };
         let mut pumps = Vec::new();
+        // The container's stdin write end, held open for attached clients.
+        let mut attach_stdin = None;
         let bundle = self.shared.cfg.bundle.to_string_lossy().into_owned();
         let pid_arg = pid_file.to_string_lossy().into_owned();
         let mut args = vec!["create", "--bundle", &bundle, "--pid-file", &pid_arg];
@@ -112,13 +126,22 @@ impl TaskService {
                 let (err_r, err_w) = pipe()?;
                 set_nonblocking(&out_r)?;
                 set_nonblocking(&err_r)?;
-                pumps.push(Pump::new(INIT, true, out_r, sink(Stream::Stdout)));
-                pumps.push(Pump::new(INIT, true, err_r, sink(Stream::Stderr)));
+                pumps.push(
+                    Pump::new(INIT, true, out_r, sink(Stream::Stdout)).with_fanout(Stream::Stdout),
+                );
+                pumps.push(
+                    Pump::new(INIT, true, err_r, sink(Stream::Stderr)).with_fanout(Stream::Stderr),
+                );
                 let stdin = match stdin_src.take() {
                     Some(src) => {
                         let (in_r, in_w) = pipe()?;
                         set_nonblocking(&in_w)?;
                         pumps.push(Pump::new(INIT, false, src, Sink::Fd(in_w)));
+                        Stdio::from(in_r)
+                    }
+                    None if opts.stdin => {
+                        let (in_r, in_w) = pipe()?;
+                        attach_stdin = Some(in_w);
                         Stdio::from(in_r)
                     }
                     None => Stdio::null(),
@@ -131,6 +154,12 @@ impl TaskService {
                 }
             }
         };
+        // Bound before the container exists, so no output can come before a client could.
+        let mut attach = Some(Attach::bind(
+            self.state_dir(),
+            attach_stdin.take(),
+            opts.stdin_once,
+        )?);
         let fin = self.runtime(&args, io)?;
         let mut finish = || -> Result<(i32, Option<std::os::fd::OwnedFd>)> {
             let pid = read_pid(&pid_file)?;
@@ -138,12 +167,16 @@ impl TaskService {
                 return Ok((pid, None));
             };
             let master = console.receive_master()?;
-            pumps.push(Pump::new(
-                INIT,
-                true,
-                dup_nonblocking(&master)?,
-                sink(Stream::Stdout),
-            ));
+            pumps.push(
+                Pump::new(INIT, true, dup_nonblocking(&master)?, sink(Stream::Stdout))
+                    .with_fanout(Stream::Stdout),
+            );
+            if opts.stdin
+                && let Some(a) = attach.as_mut()
+            {
+                // A terminal's input is its master: attached clients type into it.
+                a.set_stdin(dup_nonblocking(&master)?);
+            }
             if let Some(src) = stdin_src.take() {
                 pumps.push(Pump::new(
                     INIT,
@@ -163,6 +196,9 @@ impl TaskService {
             }
         };
         self.shared.add_pumps(std::mem::take(&mut pumps));
+        if let Some(a) = attach {
+            self.shared.set_attach(a);
+        }
         let oom = OomCounter::for_pid(pid);
         if oom.is_none() {
             crate::log(format_args!(

@@ -5,7 +5,11 @@
 //!   tagged; `stderr` must be empty or the same path); empty discards output. `stdin` is an
 //!   optional FIFO copied into the container's stdin, which is closed when the FIFO's last
 //!   writer leaves or on CloseIO (a daemon that keeps stdin open across attach sessions holds
-//!   a writer of its own). `rootfs` must be empty: the daemon mounts the rootfs into the
+//!   a writer of its own). `options` may carry [`crate::attach::StdioOptions`] (type URL
+//!   [`crate::attach::OPTIONS_TYPE_URL`]): with `stdin` the shim holds the container's stdin
+//!   open itself for attached clients (instead of a FIFO), `stdin_once` closes it after the
+//!   first client's stdin ends. The init's output also goes to clients of the attach socket
+//!   ([`crate::attach`]). `rootfs` must be empty: the daemon mounts the rootfs into the
 //!   bundle itself.
 //! - **Exec**: `spec` is an OCI `Process` as JSON (containerd's typeurl encoding). `stdout` and
 //!   `stderr` are FIFOs (or files) handed to the process as they are; `stdin` is a FIFO copied
