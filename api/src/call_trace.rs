@@ -1,4 +1,5 @@
-//! One span and one log line per CRI call, so a grep for a method or an image follows it.
+//! One span and one log line per CRI call, so a grep for a method or an image follows it, and
+//! the call counted in the Prometheus metrics (by method and code, with its latency).
 
 use std::future::Future;
 use std::time::Instant;
@@ -25,7 +26,10 @@ where
         let started = Instant::now();
         debug!("call");
         let result = call.await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        crate::metrics::global().observe_request(method, code, elapsed);
+        let elapsed_ms = elapsed * 1000.0;
         match &result {
             Ok(_) => debug!(elapsed_ms, "done"),
             Err(status) if status.code() == Code::Unimplemented => {

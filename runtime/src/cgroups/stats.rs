@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::Path;
 
+use super::hierarchy::{Hierarchy, Layout};
 use crate::error::{Error, Result};
 
 /// Usage of one cgroup; a controller that is not available there is `None`.
@@ -40,6 +41,8 @@ pub struct MemoryStats {
     /// Page cache (v1 `cache`, v2 `file`).
     pub cache_bytes: u64,
     pub swap_bytes: Option<u64>,
+    /// Swap the cgroup may use, `None` when unlimited or unknown (v1 without swap accounting).
+    pub swap_limit_bytes: Option<u64>,
     pub page_faults: u64,
     pub major_page_faults: u64,
     /// Processes the OOM killer killed in this cgroup.
@@ -62,6 +65,44 @@ pub struct HugetlbStats {
     pub limit_bytes: Option<u64>,
     /// Allocations that failed because of the limit.
     pub failcnt: u64,
+}
+
+impl CgroupStats {
+    /// Reads the usage of the cgroup at `rel` (relative to the hierarchy roots) without
+    /// opening a [`super::Cgroup`]: for stats calls that read many cgroups in a row from one
+    /// detected hierarchy. A cgroup that is gone reads as every controller `None`.
+    pub fn read(hierarchy: &Hierarchy, rel: &Path) -> Result<CgroupStats> {
+        match hierarchy.layout {
+            Layout::V2 => {
+                let Some(root) = &hierarchy.unified else {
+                    return Ok(CgroupStats::default());
+                };
+                let dir = root.join(rel);
+                Ok(CgroupStats {
+                    cpu: v2_cpu(&dir)?,
+                    memory: v2_memory(&dir)?,
+                    pids: pids(&dir)?,
+                    hugetlb: v2_hugetlb(&dir)?,
+                })
+            }
+            Layout::V1 | Layout::Hybrid => {
+                let dir = |c: &str| hierarchy.v1.get(c).map(|mount| mount.join(rel));
+                let (cpuacct, cpu) = (dir("cpuacct"), dir("cpu"));
+                Ok(CgroupStats {
+                    cpu: v1_cpu(cpuacct.as_deref(), cpu.as_deref())?,
+                    memory: dir("memory").map(|d| v1_memory(&d)).transpose()?.flatten(),
+                    pids: dir("pids").map(|d| pids(&d)).transpose()?.flatten(),
+                    hugetlb: match (dir("hugetlb"), &hierarchy.unified) {
+                        (Some(d), _) => v1_hugetlb(&d)?,
+                        (None, Some(root)) if hierarchy.layout == Layout::Hybrid => {
+                            v2_hugetlb(&root.join(rel))?
+                        }
+                        _ => Vec::new(),
+                    },
+                })
+            }
+        }
+    }
 }
 
 /// v1 reports "unlimited" as the largest page-aligned counter value.
@@ -198,15 +239,21 @@ pub(crate) fn v1_memory(dir: &Path) -> Result<Option<MemoryStats>> {
     let stat = flat_keyed(&dir.join("memory.stat"))?.unwrap_or_default();
     let oom = flat_keyed(&dir.join("memory.oom_control"))?.unwrap_or_default();
     let memsw = single(&dir.join("memory.memsw.usage_in_bytes"))?;
+    let memsw_limit = limit(&dir.join("memory.memsw.limit_in_bytes"))?.flatten();
+    let limit_bytes = limit(&dir.join("memory.limit_in_bytes"))?.flatten();
     let inactive_file = get(&stat, "total_inactive_file");
     Ok(Some(MemoryStats {
         usage_bytes: usage,
-        limit_bytes: limit(&dir.join("memory.limit_in_bytes"))?.flatten(),
+        limit_bytes,
         working_set_bytes: usage.saturating_sub(inactive_file),
         inactive_file_bytes: inactive_file,
         rss_bytes: get(&stat, "total_rss"),
         cache_bytes: get(&stat, "total_cache"),
         swap_bytes: memsw.map(|sw| sw.saturating_sub(usage)),
+        // v1 limits memory+swap together: what swap may take is the difference.
+        swap_limit_bytes: memsw_limit
+            .zip(limit_bytes)
+            .map(|(both, memory)| both.saturating_sub(memory)),
         page_faults: get(&stat, "total_pgfault"),
         major_page_faults: get(&stat, "total_pgmajfault"),
         oom_kills: get(&oom, "oom_kill"),
@@ -229,6 +276,7 @@ pub(crate) fn v2_memory(dir: &Path) -> Result<Option<MemoryStats>> {
         rss_bytes: get(&stat, "anon"),
         cache_bytes: get(&stat, "file"),
         swap_bytes: single(&dir.join("memory.swap.current"))?,
+        swap_limit_bytes: limit(&dir.join("memory.swap.max"))?.flatten(),
         page_faults: get(&stat, "pgfault"),
         major_page_faults: get(&stat, "pgmajfault"),
         oom_kills: get(&events, "oom_kill"),
@@ -466,5 +514,74 @@ mod tests {
         files(d, &[("pids.current", "many\n")]);
         let err = pids(d).expect_err("garbage");
         assert!(err.to_string().contains("pids.current"), "{err}");
+    }
+
+    #[test]
+    fn reads_a_cgroup_through_a_hierarchy_v2_and_hybrid() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("unified");
+        let rel = Path::new("kubepods/pod1/c1");
+        std::fs::create_dir_all(root.join(rel)).expect("mkdir");
+        files(
+            &root.join(rel),
+            &[
+                ("cpu.stat", "usage_usec 7\nuser_usec 4\nsystem_usec 3\n"),
+                ("memory.current", "2000\n"),
+                ("memory.max", "max\n"),
+                ("memory.swap.current", "10\n"),
+                ("memory.swap.max", "4096\n"),
+                ("memory.stat", "anon 1500\ninactive_file 600\n"),
+                ("pids.current", "2\n"),
+            ],
+        );
+        let v2 = CgroupStats::read(&Hierarchy::v2(&root), rel).expect("v2");
+        assert_eq!(v2.cpu.expect("cpu").usage_ns, 7000);
+        let mem = v2.memory.expect("memory");
+        assert_eq!((mem.working_set_bytes, mem.limit_bytes), (1400, None));
+        assert_eq!(
+            (mem.swap_bytes, mem.swap_limit_bytes),
+            (Some(10), Some(4096))
+        );
+        assert_eq!(v2.pids.expect("pids").current, 2);
+        let gone = CgroupStats::read(&Hierarchy::v2(&root), Path::new("gone")).expect("gone");
+        assert_eq!(gone, CgroupStats::default());
+
+        // Hybrid, with cpu and cpuacct on separate mounts as on the test machines.
+        let mut v1 = std::collections::BTreeMap::new();
+        for controller in ["cpu", "cpuacct", "memory", "pids"] {
+            let mount = tmp.path().join(controller);
+            std::fs::create_dir_all(mount.join(rel)).expect("mkdir");
+            v1.insert(controller.to_string(), mount);
+        }
+        files(&v1["cpuacct"].join(rel), &[("cpuacct.usage", "123\n")]);
+        files(&v1["cpu"].join(rel), &[("cpu.stat", "nr_periods 4\n")]);
+        files(
+            &v1["memory"].join(rel),
+            &[
+                ("memory.usage_in_bytes", "5000\n"),
+                ("memory.limit_in_bytes", "8192\n"),
+                ("memory.memsw.usage_in_bytes", "5000\n"),
+                ("memory.memsw.limit_in_bytes", "16384\n"),
+                ("memory.stat", "total_inactive_file 6000\ntotal_rss 3000\n"),
+            ],
+        );
+        files(&v1["pids"].join(rel), &[("pids.current", "5\n")]);
+        let hybrid = Hierarchy {
+            layout: Layout::Hybrid,
+            v1,
+            unified: Some(root.clone()),
+        };
+        let stats = CgroupStats::read(&hybrid, rel).expect("hybrid");
+        let cpu = stats.cpu.expect("cpu");
+        assert_eq!((cpu.usage_ns, cpu.periods), (123, 4));
+        let mem = stats.memory.expect("memory");
+        // More inactive file than usage (counted at different moments): floored at 0.
+        assert_eq!(mem.working_set_bytes, 0);
+        assert_eq!(
+            (mem.limit_bytes, mem.swap_limit_bytes),
+            (Some(8192), Some(8192))
+        );
+        assert_eq!(mem.swap_bytes, Some(0));
+        assert_eq!(stats.pids.expect("pids").current, 5);
     }
 }
