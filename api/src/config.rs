@@ -40,6 +40,10 @@ pub struct Config {
     pub cni: CniConfig,
     /// The per-container shim and the OCI runtime it runs.
     pub shim: ShimConfig,
+    /// The streaming server for Exec, Attach and PortForward.
+    pub streaming: StreamingConfig,
+    /// The Prometheus metrics endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -55,6 +59,41 @@ impl Default for Config {
             registries: RegistriesConfig::default(),
             cni: CniConfig::default(),
             shim: ShimConfig::default(),
+            streaming: StreamingConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// `[metrics]`: where Prometheus metrics are served over HTTP (`/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on, e.g. `127.0.0.1:9090`; empty serves no metrics.
+    pub address: String,
+}
+
+/// `[streaming]`: the HTTP server that Exec, Attach and PortForward URLs point at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// IP address to listen on.
+    pub address: String,
+    /// TCP port; 0 picks a free one at start.
+    pub port: u16,
+    /// PEM certificate chain for HTTPS; empty serves plain HTTP.
+    pub tls_cert: PathBuf,
+    /// PEM private key for HTTPS.
+    pub tls_key: PathBuf,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".to_owned(),
+            port: 0,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -94,6 +133,12 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched in order for plugin binaries.
     pub bin_dirs: Vec<PathBuf>,
+    /// Bridge device of the embedded default network.
+    pub default_bridge: String,
+    /// host-local range of the embedded default network (one CIDR, or several joined by `,`).
+    pub default_subnet: String,
+    /// Seconds a plugin may run before it is killed and the call fails.
+    pub plugin_timeout: u64,
 }
 
 impl Default for CniConfig {
@@ -101,6 +146,9 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            default_bridge: "bungeo0".to_owned(),
+            default_subnet: "10.88.0.0/16".to_owned(),
+            plugin_timeout: 60,
         }
     }
 }
@@ -193,9 +241,53 @@ impl Config {
                 )));
             }
         }
+        if self.streaming.address.parse::<std::net::IpAddr>().is_err() {
+            return Err(Error::InvalidConfig(format!(
+                "streaming.address must be an IP address, got {:?}",
+                self.streaming.address
+            )));
+        }
+        if self.streaming.tls_cert.as_os_str().is_empty()
+            != self.streaming.tls_key.as_os_str().is_empty()
+        {
+            return Err(Error::InvalidConfig(
+                "streaming.tls_cert and streaming.tls_key must be set together".to_owned(),
+            ));
+        }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(Error::InvalidConfig(format!(
+                "metrics.address must be an IP address and port such as 127.0.0.1:9090, or empty, got {:?}",
+                self.metrics.address
+            )));
+        }
         if self.image.max_concurrent_downloads == 0 {
             return Err(Error::InvalidConfig(
                 "image.max_concurrent_downloads must be at least 1".to_owned(),
+            ));
+        }
+        self.validate_cni()?;
+        Ok(())
+    }
+
+    fn validate_cni(&self) -> Result<()> {
+        let cni = &self.cni;
+        let invalid = |e: bungeo_runtime::Error| Error::InvalidConfig(format!("cni: {e}"));
+        if !cni.conf_dir.is_absolute() || cni.bin_dirs.iter().any(|d| !d.is_absolute()) {
+            return Err(Error::InvalidConfig(
+                "cni.conf_dir and cni.bin_dirs must be absolute paths".to_owned(),
+            ));
+        }
+        bungeo_runtime::cni::validate_bridge_name(&cni.default_bridge).map_err(invalid)?;
+        bungeo_runtime::cni::DefaultNetwork::subnets_of(&cni.default_subnet).map_err(invalid)?;
+        if cni.plugin_timeout == 0 {
+            return Err(Error::InvalidConfig(
+                "cni.plugin_timeout must be at least 1 (seconds)".to_owned(),
             ));
         }
         Ok(())
@@ -392,6 +484,44 @@ password = "s3cret"
         zero.image.max_concurrent_downloads = 0;
         let msg = zero.validate().unwrap_err().to_string();
         assert!(msg.contains("max_concurrent_downloads"), "{msg}");
+    }
+
+    #[test]
+    fn cni_keys_parse_and_are_checked() {
+        let config = Config::parse(
+            "[cni]\ndefault_bridge = \"br9\"\ndefault_subnet = \"10.9.0.0/24,fd00:9::/64\"\nplugin_timeout = 5\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(config.cni.default_bridge, "br9");
+        assert_eq!(config.cni.plugin_timeout, 5);
+        assert_eq!(config.cni.conf_dir, PathBuf::from("/etc/cni/net.d"));
+        config.validate().unwrap();
+        for (key, value) in [
+            ("default_bridge", "\"much-too-long-name\""),
+            ("default_subnet", "\"10.9.0.0\""),
+            ("plugin_timeout", "0"),
+            ("conf_dir", "\"net.d\""),
+        ] {
+            let config =
+                Config::parse(&format!("[cni]\n{key} = {value}\n"), Path::new("c")).unwrap();
+            let msg = config.validate().unwrap_err().to_string();
+            assert!(msg.contains("cni"), "{key}: {msg}");
+        }
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_need_an_address_and_port() {
+        assert_eq!(Config::default().metrics.address, "");
+        let config =
+            Config::parse("[metrics]\naddress = \"127.0.0.1:9090\"", Path::new("m")).unwrap();
+        config.validate().unwrap();
+        for bad in ["localhost", "127.0.0.1", ":9090x"] {
+            let mut config = Config::default();
+            config.metrics.address = bad.to_owned();
+            let msg = config.validate().unwrap_err().to_string();
+            assert!(msg.contains("metrics.address"), "{msg}");
+        }
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Daemon {
     containers: Arc<Containers>,
     socket: CriSocket,
     listener: UnixListener,
+    /// The Prometheus metrics endpoint, when `[metrics] address` is set.
+    metrics_listener: Option<tokio::net::TcpListener>,
     /// How long in-flight calls may run on after shutdown is asked for.
     pub shutdown_grace: Duration,
 }
@@ -58,6 +60,7 @@ impl Daemon {
         create_dir(&config.root, ROOT_DIR_MODE)?;
         create_dir(&config.state, STATE_DIR_MODE)?;
         let lock = StateLock::acquire(&config.state)?;
+        crate::features::probe_at_start(&config.root).await;
         if config.cgroup_driver == CgroupDriver::Systemd
             && !Path::new("/run/systemd/system").exists()
         {
@@ -70,6 +73,7 @@ impl Daemon {
         let sandboxes = Arc::new(open_sandboxes(&config).await?);
         let containers = open_containers(&config, &store, &sandboxes).await?;
         let (socket, listener) = CriSocket::bind(&config.listen)?;
+        let metrics_listener = bind_metrics(&config).await?;
         info!(
             listen = %config.listen.display(),
             root = %config.root.display(),
@@ -85,6 +89,7 @@ impl Daemon {
             containers: Arc::new(containers),
             socket,
             listener,
+            metrics_listener,
             shutdown_grace: SHUTDOWN_GRACE,
         })
     }
@@ -106,17 +111,43 @@ impl Daemon {
             containers,
             socket,
             listener,
+            metrics_listener,
             shutdown_grace,
         } = self;
-        let images = CriImageService::new(Arc::clone(&store));
+        let events = Arc::clone(containers.events());
+        if let Err(e) = events.start(container_event_builder(&containers, &sandboxes)) {
+            warn!(error = %e, "cannot start the container event publisher: GetContainerEvents streams will stay silent");
+        }
+        let backend = Arc::new(crate::containers::stream::StreamBackend {
+            containers: Arc::clone(&containers),
+            sandboxes: Arc::clone(&sandboxes),
+        });
+        let (streaming, streaming_listener) =
+            crate::streaming::Server::bind(&config.streaming, backend).await?;
+        let streaming_stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(Arc::clone(&streaming).serve(streaming_listener, streaming_stop.clone()));
+        let runtime_service =
+            CriRuntimeService::new(config, Arc::clone(&sandboxes), Arc::clone(&containers))
+                .with_streaming(streaming);
+        let stats = runtime_service.stats();
+        let images = CriImageService::new(Arc::clone(&store))
+            .with_container_filesystems(container_filesystems(&containers, &stats));
         let pulls = images.pulls();
+        let metrics_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(metrics_listener) = metrics_listener {
+            let gauges =
+                crate::metrics::GaugeSource::new(Arc::clone(&containers), Arc::clone(&sandboxes));
+            let render: crate::metrics::Render =
+                Arc::new(move || crate::metrics::global().render(&gauges.gauges()));
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                render,
+                metrics_stop.clone(),
+            ));
+        }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .add_service(RuntimeServiceServer::new(CriRuntimeService::new(
-                config,
-                Arc::clone(&sandboxes),
-                Arc::clone(&containers),
-            )))
+            .add_service(RuntimeServiceServer::new(runtime_service))
             .add_service(ImageServiceServer::new(images))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 // A dropped sender also means stop.
@@ -132,6 +163,10 @@ impl Daemon {
             Some(result) => server_result(result),
             None => {
                 info!(grace = ?shutdown_grace, "shutting down: finishing in-flight calls");
+                // Event streams never finish by themselves: end them so the server can.
+                events.close();
+                metrics_stop.cancel();
+                streaming_stop.cancel();
                 let _ = stop_tx.send(());
                 match tokio::time::timeout(shutdown_grace, &mut server).await {
                     Ok(result) => server_result(result),
@@ -154,6 +189,8 @@ impl Daemon {
             }
         };
 
+        events.close();
+        metrics_stop.cancel();
         // The lock must outlive every user of the store: a next daemon may start the moment
         // it is released, and clean up what it believes to be leftovers.
         let deadline = Instant::now() + CLEANUP_GRACE;
@@ -172,6 +209,79 @@ impl Daemon {
         info!("bungeo stopped");
         served.and(removed).and(released)
     }
+}
+
+/// Binds the metrics endpoint, if one is configured.
+async fn bind_metrics(config: &Config) -> Result<Option<tokio::net::TcpListener>> {
+    if config.metrics.address.is_empty() {
+        return Ok(None);
+    }
+    let listener = tokio::net::TcpListener::bind(&config.metrics.address)
+        .await
+        .map_err(|e| Error::io("bind metrics.address", &config.metrics.address, e))?;
+    info!(address = %config.metrics.address, "serving Prometheus metrics at /metrics");
+    Ok(Some(listener))
+}
+
+/// Turns a container fact into the event GetContainerEvents streams carry: the pod's status
+/// and the statuses of its containers as they are when it is published.
+fn container_event_builder(
+    containers: &Arc<Containers>,
+    sandboxes: &Arc<Sandboxes>,
+) -> crate::events::EventBuilder {
+    let containers = Arc::downgrade(containers);
+    let sandboxes = Arc::downgrade(sandboxes);
+    Box::new(move |fact| {
+        let containers = containers.upgrade()?;
+        let sandboxes = sandboxes.upgrade()?;
+        let pod_sandbox_status = sandboxes
+            .status(&fact.sandbox_id, false)
+            .ok()
+            .and_then(|s| s.status);
+        Some(k8s_cri::v1::ContainerEventResponse {
+            container_id: fact.container_id,
+            container_event_type: fact.kind as i32,
+            created_at: fact.at,
+            pod_sandbox_status,
+            containers_statuses: containers.statuses_of_pod(&fact.sandbox_id),
+        })
+    })
+}
+
+/// ImageFsInfo's container filesystem: the writable layers of every container, from the
+/// stats cache (measured once when first seen, refreshed in the background).
+fn container_filesystems(
+    containers: &Arc<Containers>,
+    stats: &Arc<crate::stats::StatsCollector>,
+) -> crate::image_service::ContainerFilesystems {
+    let containers = Arc::downgrade(containers);
+    let stats = Arc::clone(stats);
+    Arc::new(move || {
+        let mut total = crate::stats::LayerUsage {
+            measured_at: crate::containers::now_ns(),
+            ..Default::default()
+        };
+        if let Some(containers) = containers.upgrade() {
+            for record in containers.snapshots() {
+                let upper = record.dir.join(crate::containers::record::UPPER_DIR);
+                let usage = stats.layers().usage(&record.id, &upper);
+                total.used_bytes += usage.used_bytes;
+                total.inodes_used += usage.inodes_used;
+            }
+        }
+        k8s_cri::v1::FilesystemUsage {
+            timestamp: total.measured_at,
+            fs_id: Some(k8s_cri::v1::FilesystemIdentifier {
+                mountpoint: stats.layers_dir().to_string_lossy().into_owned(),
+            }),
+            used_bytes: Some(k8s_cri::v1::UInt64Value {
+                value: total.used_bytes,
+            }),
+            inodes_used: Some(k8s_cri::v1::UInt64Value {
+                value: total.inodes_used,
+            }),
+        }
+    })
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -225,12 +335,20 @@ async fn open_store(config: &Config) -> Result<ImageStore> {
 
 async fn open_sandboxes(config: &Config) -> Result<Sandboxes> {
     let settings = SandboxSettings::from_config(config);
-    tokio::task::spawn_blocking(move || Sandboxes::open(settings))
-        .await
-        .map_err(|e| Error::Task {
-            task: "open pod sandboxes",
-            message: e.to_string(),
-        })?
+    tokio::task::spawn_blocking(move || {
+        let sandboxes = Sandboxes::open(settings)?;
+        // Without it pods cannot start, but the node can still be inspected and fixed:
+        // NetworkReady says what is wrong.
+        if let Err(e) = sandboxes.network().install_default() {
+            warn!(error = %e, "could not write the default pod network");
+        }
+        Ok(sandboxes)
+    })
+    .await
+    .map_err(|e| Error::Task {
+        task: "open pod sandboxes",
+        message: e.to_string(),
+    })?
 }
 
 async fn open_containers(
@@ -305,6 +423,10 @@ mod tests {
             root: dir.join("root"),
             state: dir.join("state"),
             listen: dir.join("state/bungeo.sock"),
+            cni: crate::config::CniConfig {
+                conf_dir: dir.join("net.d"),
+                ..Default::default()
+            },
             ..Config::default()
         }
     }
@@ -379,9 +501,13 @@ mod tests {
                 .iter()
                 .any(|c| c.r#type == "RuntimeReady" && c.status)
         );
+        // The empty conf dir got bungeo's default network at start: ready where its plugins
+        // are installed.
+        assert!(config.cni.conf_dir.join("10-bungeo.conflist").exists());
+        let plugins = Path::new("/usr/lib/cni/bridge").exists();
         assert!(conditions.iter().any(|c| c.r#type == "NetworkReady"
-            && !c.status
-            && c.reason == "NetworkPluginNotReady"));
+            && c.status == plugins
+            && (plugins || c.reason == "NetworkPluginNotReady")));
         let effective: serde_json::Value = serde_json::from_str(&status.info["config"]).unwrap();
         assert_eq!(effective["listen"], config.listen.to_str().unwrap());
 
@@ -405,16 +531,13 @@ mod tests {
             .container_stats(cri::ContainerStatsRequest::default())
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::Unimplemented);
-        assert_eq!(
-            err.message(),
-            "RuntimeService.ContainerStats is not implemented by bungeo yet"
-        );
-        let err = runtime
+        assert_eq!(err.code(), Code::InvalidArgument);
+        // An event stream stays open until shutdown, which ends it cleanly.
+        let mut events = runtime
             .get_container_events(cri::GetEventsRequest::default())
             .await
-            .unwrap_err();
-        assert_eq!(err.code(), Code::Unimplemented);
+            .unwrap()
+            .into_inner();
 
         // The image service answers on the same socket; these calls need no registry.
         let mut images = ImageServiceClient::new(channel);
@@ -468,8 +591,18 @@ mod tests {
             .into_inner();
         assert_eq!(fs.image_filesystems.len(), 1);
         assert!(fs.image_filesystems[0].fs_id.is_some());
+        // No containers: an empty writable-layer filesystem.
+        assert_eq!(fs.container_filesystems.len(), 1);
+        assert_eq!(
+            fs.container_filesystems[0].used_bytes,
+            Some(cri::UInt64Value { value: 0 })
+        );
 
         stop.send(()).unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), events.message())
+            .await
+            .expect("the event stream ends at shutdown");
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
         tokio::time::timeout(Duration::from_secs(20), server)
             .await
             .unwrap()

@@ -20,7 +20,11 @@ use crate::errors::{join_status, store_status};
 pub struct CriImageService {
     store: Arc<ImageStore>,
     pulls: PullTasks,
+    container_fs: Option<ContainerFilesystems>,
 }
+
+/// Measures the containers' writable layers for ImageFsInfo (blocking).
+pub type ContainerFilesystems = Arc<dyn Fn() -> cri::FilesystemUsage + Send + Sync>;
 
 /// Pulls in flight, each in a task of its own, so shutdown can cancel them and wait until
 /// they have let go of the store.
@@ -66,7 +70,14 @@ impl CriImageService {
         CriImageService {
             store,
             pulls: PullTasks::default(),
+            container_fs: None,
         }
+    }
+
+    /// Makes ImageFsInfo report the containers' filesystem (writable layers) through `fs`.
+    pub fn with_container_filesystems(mut self, fs: ContainerFilesystems) -> Self {
+        self.container_fs = Some(fs);
+        self
     }
 
     /// A handle on the pulls in flight, for shutdown.
@@ -104,11 +115,19 @@ impl CriImageService {
                 .await
                 .map_err(|e| store_status(&e))
         };
-        let record = self
+        let started = std::time::Instant::now();
+        let pulled = self
             .pulls
             .spawn(pull.in_current_span())
             .await
-            .map_err(|e| join_status("PullImage", &e))??;
+            .map_err(|e| join_status("PullImage", &e))
+            .and_then(|r| r);
+        crate::metrics::global().observe_pull(
+            pulled.is_ok(),
+            pulled.as_ref().map_or(0, |r| r.size),
+            started.elapsed().as_secs_f64(),
+        );
+        let record = pulled?;
         tracing::info!(image_id = %record.id, "pulled");
         // containerd answers the image id, and kubelet records it as the container's image ref.
         Ok(cri::PullImageResponse {
@@ -176,9 +195,17 @@ impl CriImageService {
 
     async fn fs_info(&self) -> Result<cri::ImageFsInfoResponse, Status> {
         let usage = self.blocking("ImageFsInfo", |s| s.usage()).await?;
+        let container_filesystems = match self.container_fs.clone() {
+            Some(measure) => vec![
+                tokio::task::spawn_blocking(move || measure())
+                    .await
+                    .map_err(|e| join_status("ImageFsInfo", &e))?,
+            ],
+            None => Vec::new(),
+        };
         Ok(cri::ImageFsInfoResponse {
             image_filesystems: vec![filesystem_usage(&usage, now_unix_nanos())],
-            container_filesystems: Vec::new(),
+            container_filesystems,
         })
     }
 }

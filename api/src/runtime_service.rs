@@ -12,10 +12,12 @@ use k8s_cri::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use crate::call_trace::traced;
-use crate::config::{CgroupDriver, CniConfig, Config};
+use crate::config::{CgroupDriver, Config};
 use crate::containers::Containers;
 use crate::errors::{join_status, status};
+use crate::network::PodNetworks;
 use crate::sandbox::Sandboxes;
+use crate::stats::StatsCollector;
 
 /// CRI `VersionResponse.version`: the kubelet runtime API version string.
 pub const KUBELET_API_VERSION: &str = "0.1.0";
@@ -33,6 +35,9 @@ pub struct CriRuntimeService {
     config: Arc<Config>,
     sandboxes: Arc<Sandboxes>,
     containers: Arc<Containers>,
+    stats: Arc<StatsCollector>,
+    /// Where Exec, Attach and PortForward URLs point; None: those calls are unavailable.
+    streaming: Option<Arc<crate::streaming::Server>>,
 }
 
 impl CriRuntimeService {
@@ -43,11 +48,54 @@ impl CriRuntimeService {
         sandboxes: Arc<Sandboxes>,
         containers: Arc<Containers>,
     ) -> Self {
+        let stats = Arc::new(StatsCollector::new(
+            config.cgroup_driver,
+            config.root.join(crate::containers::CONTAINERS_DIR),
+        ));
         CriRuntimeService {
             config,
             sandboxes,
             containers,
+            stats,
+            streaming: None,
         }
+    }
+
+    /// Serves Exec, Attach and PortForward through `server`.
+    pub fn with_streaming(mut self, server: Arc<crate::streaming::Server>) -> Self {
+        self.streaming = Some(server);
+        self
+    }
+
+    fn streaming(&self, method: &str) -> Result<&crate::streaming::Server, Status> {
+        self.streaming.as_deref().ok_or_else(|| {
+            Status::unavailable(format!("{method}: the streaming server is not running"))
+        })
+    }
+
+    /// The stats collector (its writable layer cache also serves ImageFsInfo).
+    pub fn stats(&self) -> Arc<StatsCollector> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Runs a blocking stats read off the async workers.
+    async fn stats_blocking<T, F>(&self, call: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&StatsCollector, &Containers, &Sandboxes) -> crate::errors::Result<T>
+            + Send
+            + 'static,
+    {
+        let (stats, containers, sandboxes) = (
+            Arc::clone(&self.stats),
+            Arc::clone(&self.containers),
+            Arc::clone(&self.sandboxes),
+        );
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| f(&stats, &containers, &sandboxes)))
+            .await
+            .map_err(|e| join_status(call, &e))?
+            .map_err(|e| status(&e))
     }
 
     /// Runs a blocking container call off the async workers, to its end even if the client
@@ -80,7 +128,11 @@ impl CriRuntimeService {
             .map_err(|e| status(&e))
     }
 
-    fn status_response(&self, verbose: bool) -> Result<cri::StatusResponse, Status> {
+    fn status_response(
+        &self,
+        verbose: bool,
+        network: cri::RuntimeCondition,
+    ) -> Result<cri::StatusResponse, Status> {
         let runtime_ready = cri::RuntimeCondition {
             r#type: "RuntimeReady".to_owned(),
             status: true,
@@ -92,28 +144,62 @@ impl CriRuntimeService {
             let json = serde_json::to_string(&self.config.redacted())
                 .map_err(|e| Status::internal(format!("Status: encode the config as JSON: {e}")))?;
             info.insert("config".to_owned(), json);
+            info.insert("runtime".to_owned(), self.runtime_facts().to_string());
         }
         Ok(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
-                conditions: vec![runtime_ready, network_condition(&self.config.cni)],
+                conditions: vec![runtime_ready, network],
             }),
             info,
-            ..Default::default()
+            runtime_handlers: crate::features::runtime_handlers(&self.config),
+            features: Some(crate::features::runtime_features()),
         })
     }
 }
 
-/// The `NetworkReady` condition. This is where the CNI state will be consulted once pod
-/// networking exists; until then the truthful answer is "not ready".
-pub fn network_condition(cni: &CniConfig) -> cri::RuntimeCondition {
+/// The `NetworkReady` condition: true once a valid CNI config (with its plugins) is loadable
+/// from the conf dir, which is re-read whenever it changes; else why not. Blocks (files).
+pub fn network_condition(networks: &PodNetworks) -> cri::RuntimeCondition {
+    let (status, reason, message) = match networks.readiness() {
+        Ok(_) => (true, String::new(), String::new()),
+        Err(why) => (
+            false,
+            NETWORK_NOT_READY_REASON.to_owned(),
+            format!("Network plugin returns error: cni config load failed: {why}"),
+        ),
+    };
     cri::RuntimeCondition {
         r#type: "NetworkReady".to_owned(),
-        status: false,
-        reason: NETWORK_NOT_READY_REASON.to_owned(),
-        message: format!(
-            "pod networking is not implemented in this build of bungeo yet (CNI config dir {} is not read)",
-            cni.conf_dir.display()
-        ),
+        status,
+        reason,
+        message,
+    }
+}
+
+impl CriRuntimeService {
+    /// Facts about the running daemon for verbose Status: version, cgroup layout and driver,
+    /// what it holds, where its metrics are.
+    fn runtime_facts(&self) -> serde_json::Value {
+        let layout = bungeo_runtime::cgroups::detect()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|e| format!("unknown: {e}"));
+        let containers = self.containers.snapshots();
+        let running = containers
+            .iter()
+            .filter(|c| c.phase == crate::containers::ContainerPhase::Running)
+            .count();
+        serde_json::json!({
+            "name": RUNTIME_NAME,
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "cgroupLayout": layout,
+            "cgroupDriver": self.config.cgroup_driver,
+            "podSandboxes": self.sandboxes.list(None).len(),
+            "containers": containers.len(),
+            "containersRunning": running,
+            "containerEventSubscribers": self.containers.events().subscribers(),
+            "metricsAddress": self.config.metrics.address,
+        })
     }
 }
 
@@ -160,7 +246,13 @@ impl RuntimeService for CriRuntimeService {
         request: Request<cri::StatusRequest>,
     ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = request.get_ref().verbose;
-        traced("Status", None, async { self.status_response(verbose) }).await
+        traced("Status", None, async {
+            let network = self
+                .blocking("Status", |s| Ok(network_condition(s.network())))
+                .await?;
+            self.status_response(verbose, network)
+        })
+        .await
     }
 
     async fn runtime_config(
@@ -383,58 +475,189 @@ impl RuntimeService for CriRuntimeService {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        not_yet("Exec").await
+        let r = request.into_inner();
+        traced("Exec", None, async {
+            let server = self.streaming("Exec")?;
+            let query = r.container_id.clone();
+            let id = self
+                .containers_blocking("Exec", move |c| c.check_streamable(&query))
+                .await?;
+            crate::streaming::validate_streams(r.stdin, r.stdout, r.stderr, r.tty)
+                .map_err(|e| status(&e))?;
+            if r.cmd.is_empty() {
+                return Err(Status::invalid_argument("Exec: cmd must name a command"));
+            }
+            let url = server.url_for(crate::streaming::Request::Exec(
+                crate::streaming::CommandRequest {
+                    container_id: id,
+                    cmd: r.cmd,
+                    tty: r.tty,
+                    stdin: r.stdin,
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                },
+            ));
+            Ok(cri::ExecResponse { url })
+        })
+        .await
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        not_yet("Attach").await
+        let r = request.into_inner();
+        traced("Attach", None, async {
+            let server = self.streaming("Attach")?;
+            let query = r.container_id.clone();
+            let id = self
+                .containers_blocking("Attach", move |c| c.check_streamable(&query))
+                .await?;
+            crate::streaming::validate_streams(r.stdin, r.stdout, r.stderr, r.tty)
+                .map_err(|e| status(&e))?;
+            let url = server.url_for(crate::streaming::Request::Attach(
+                crate::streaming::CommandRequest {
+                    container_id: id,
+                    cmd: Vec::new(),
+                    tty: r.tty,
+                    stdin: r.stdin,
+                    stdout: r.stdout,
+                    stderr: r.stderr,
+                },
+            ));
+            Ok(cri::AttachResponse { url })
+        })
+        .await
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        not_yet("PortForward").await
+        let r = request.into_inner();
+        traced("PortForward", None, async {
+            let server = self.streaming("PortForward")?;
+            let query = r.pod_sandbox_id.clone();
+            let record = self
+                .blocking("PortForward", move |s| s.record(&query))
+                .await?;
+            if record.phase != crate::records::SandboxPhase::Ready {
+                return Err(Status::failed_precondition(format!(
+                    "PortForward: pod sandbox {} is not ready",
+                    record.id
+                )));
+            }
+            let ports = r
+                .port
+                .iter()
+                .map(|p| {
+                    u16::try_from(*p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        Status::invalid_argument(format!("PortForward: invalid port {p}"))
+                    })
+                })
+                .collect::<Result<Vec<u16>, Status>>()?;
+            let url = server.url_for(crate::streaming::Request::PortForward {
+                sandbox_id: record.id,
+                ports,
+            });
+            Ok(cri::PortForwardResponse { url })
+        })
+        .await
     }
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        not_yet("ContainerStats").await
+        let id = request.into_inner().container_id;
+        traced("ContainerStats", None, async {
+            if id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "ContainerStats: no container id given",
+                ));
+            }
+            let stats = self
+                .stats_blocking("ContainerStats", move |s, c, _| s.container_stats(c, &id))
+                .await?;
+            Ok(cri::ContainerStatsResponse { stats: Some(stats) })
+        })
+        .await
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        not_yet("ListContainerStats").await
+        let filter = request.into_inner().filter;
+        traced("ListContainerStats", None, async {
+            let stats = self
+                .stats_blocking("ListContainerStats", move |s, c, _| {
+                    Ok(s.list_container_stats(c, filter.as_ref()))
+                })
+                .await?;
+            Ok(cri::ListContainerStatsResponse { stats })
+        })
+        .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        not_yet("PodSandboxStats").await
+        let id = request.into_inner().pod_sandbox_id;
+        traced("PodSandboxStats", None, async {
+            if id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "PodSandboxStats: no pod sandbox id given",
+                ));
+            }
+            let stats = self
+                .stats_blocking("PodSandboxStats", move |s, c, p| {
+                    s.pod_sandbox_stats(c, p, &id)
+                })
+                .await?;
+            Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
+        })
+        .await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        not_yet("ListPodSandboxStats").await
+        let filter = request.into_inner().filter;
+        traced("ListPodSandboxStats", None, async {
+            let stats = self
+                .stats_blocking("ListPodSandboxStats", move |s, c, p| {
+                    Ok(s.list_pod_sandbox_stats(c, p, filter.as_ref()))
+                })
+                .await?;
+            Ok(cri::ListPodSandboxStatsResponse { stats })
+        })
+        .await
     }
 
     async fn update_runtime_config(
         &self,
-        _request: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        not_yet("UpdateRuntimeConfig").await
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        traced("UpdateRuntimeConfig", None, async {
+            // Only bungeo's own default network follows the pod CIDR (as with containerd).
+            self.blocking("UpdateRuntimeConfig", move |s| {
+                s.network().update_pod_cidr(&pod_cidr)
+            })
+            .await?;
+            Ok(cri::UpdateRuntimeConfigResponse {})
+        })
+        .await
     }
 
     async fn checkpoint_container(
@@ -450,21 +673,37 @@ impl RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        not_yet("GetContainerEvents").await
+        traced("GetContainerEvents", None, async {
+            Ok(self.containers.events().subscribe())
+        })
+        .await
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        not_yet("ListMetricDescriptors").await
+        traced("ListMetricDescriptors", None, async {
+            Ok(cri::ListMetricDescriptorsResponse {
+                descriptors: crate::stats::cadvisor::descriptors(),
+            })
+        })
+        .await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        not_yet("ListPodSandboxMetrics").await
+        traced("ListPodSandboxMetrics", None, async {
+            let pod_metrics = self
+                .stats_blocking("ListPodSandboxMetrics", |s, c, p| {
+                    Ok(s.list_pod_sandbox_metrics(c, p))
+                })
+                .await?;
+            Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
+        })
+        .await
     }
 }
 
@@ -493,6 +732,9 @@ mod tests {
         let mut settings = SandboxSettings::from_config(&config);
         settings.root = dir.path().join("root");
         settings.state = dir.path().join("state");
+        // Never the node's /etc/cni/net.d.
+        settings.network.conf_dir = dir.path().join("net.d");
+        settings.network.data_dir = dir.path().join("root/cni/networks");
         let sandboxes = Arc::new(Sandboxes::open(settings).unwrap());
         let containers = crate::containers::tests::open_in(dir.path(), &config, &sandboxes);
         TestService {
@@ -534,11 +776,72 @@ mod tests {
         assert!(!network.status);
         assert_eq!(network.reason, "NetworkPluginNotReady");
         assert!(
-            network.message.contains("not implemented"),
+            network.message.contains("no network config found in"),
             "{}",
             network.message
         );
         assert!(s.info.is_empty());
+    }
+
+    #[tokio::test]
+    async fn network_turns_ready_with_a_config_and_follows_the_pod_cidr() {
+        let svc = service(Config::default());
+        let networks = svc.sandboxes.network();
+        let path = networks.install_default().unwrap().unwrap();
+        let network_ready = || async {
+            let s = svc
+                .status(Request::new(cri::StatusRequest { verbose: false }))
+                .await
+                .unwrap()
+                .into_inner();
+            s.status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "NetworkReady")
+                .unwrap()
+        };
+        let ready = network_ready().await;
+        if !std::path::Path::new("/usr/lib/cni/bridge").exists() {
+            // Without the plugins the reason names the one missing.
+            assert!(ready.message.contains("not found"), "{}", ready.message);
+            return;
+        }
+        assert!(ready.status, "{ready:?}");
+        assert_eq!((ready.reason.as_str(), ready.message.as_str()), ("", ""));
+
+        let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+            runtime_config: Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig {
+                    pod_cidr: cidr.to_owned(),
+                }),
+            }),
+        };
+        svc.update_runtime_config(Request::new(update("10.244.7.0/24")))
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("10.244.7.0/24") && !text.contains("10.88.0.0/16"),
+            "{text}"
+        );
+        let err = svc
+            .update_runtime_config(Request::new(update("not-a-cidr")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        svc.update_runtime_config(Request::new(cri::UpdateRuntimeConfigRequest::default()))
+            .await
+            .unwrap();
+
+        std::fs::write(&path, "{ broken").unwrap();
+        let broken = network_ready().await;
+        assert!(!broken.status);
+        assert!(
+            broken.message.contains("10-bungeo.conflist"),
+            "{}",
+            broken.message
+        );
     }
 
     #[tokio::test]
@@ -599,15 +902,62 @@ mod tests {
             err.message(),
             "RuntimeService.CheckpointContainer is not implemented by bungeo yet"
         );
-        let err = match svc
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stats_calls_answer_with_cri_codes_and_empty_lists() {
+        let svc = service(Config::default());
+        let err = svc
+            .container_stats(Request::new(cri::ContainerStatsRequest::default()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let err = svc
+            .container_stats(Request::new(cri::ContainerStatsRequest {
+                container_id: "0123".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        let err = svc
+            .pod_sandbox_stats(Request::new(cri::PodSandboxStatsRequest {
+                pod_sandbox_id: "0123".into(),
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+        let list = svc
+            .list_container_stats(Request::new(cri::ListContainerStatsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(list.stats.is_empty());
+        let pods = svc
+            .list_pod_sandbox_stats(Request::new(cri::ListPodSandboxStatsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(pods.stats.is_empty());
+        let descriptors = svc
+            .list_metric_descriptors(Request::new(cri::ListMetricDescriptorsRequest::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .descriptors;
+        assert!(
+            descriptors
+                .iter()
+                .any(|d| d.name == "container_memory_working_set_bytes")
+        );
+        // A subscription is a stream that stays open until shutdown.
+        let stream = svc
             .get_container_events(Request::new(cri::GetEventsRequest::default()))
             .await
-        {
-            Ok(_) => panic!("GetContainerEvents should be unimplemented"),
-            Err(e) => e,
-        };
-        assert_eq!(err.code(), tonic::Code::Unimplemented);
-        assert!(err.message().contains("RuntimeService.GetContainerEvents"));
+            .unwrap()
+            .into_inner();
+        assert_eq!(svc.containers.events().subscribers(), 1);
+        drop(stream);
+        assert_eq!(svc.containers.events().subscribers(), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,11 +983,12 @@ mod tests {
             }),
             hostname: "svc".into(),
             // PID mode CONTAINER: a shared pid namespace would start the real infra binary,
-            // which the e2e suites cover.
+            // which the e2e suites cover. The node's network: this service has no CNI config.
             linux: Some(cri::LinuxPodSandboxConfig {
                 security_context: Some(cri::LinuxSandboxSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
                         pid: cri::NamespaceMode::Container as i32,
+                        network: cri::NamespaceMode::Node as i32,
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -657,6 +1008,26 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(
             err.message().contains("unknown runtime handler \"kata\""),
+            "{}",
+            err.message()
+        );
+        // A pod of its own network needs a network config, which this node lacks.
+        let mut own_network = run("");
+        let options = own_network
+            .config
+            .as_mut()
+            .and_then(|c| c.linux.as_mut())
+            .and_then(|l| l.security_context.as_mut())
+            .and_then(|s| s.namespace_options.as_mut())
+            .unwrap();
+        options.network = cri::NamespaceMode::Pod as i32;
+        let err = svc
+            .run_pod_sandbox(Request::new(own_network))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            err.message().contains("pod network is not ready"),
             "{}",
             err.message()
         );

@@ -4,8 +4,10 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod cni;
 pub mod container;
 pub mod error;
+pub mod features;
 pub mod namespaces;
 pub mod process_settings;
 pub mod rootfs;

@@ -50,17 +50,27 @@ fn reservation_name(
     )
 }
 
-/// The image as status calls show it: its first tag, first repo digest and id.
+/// The image as status calls show it: its first tag, its id, and the repo digest of the
+/// repository the container named (an image pulled from two registries has one per registry;
+/// containerd takes the first whatever was asked), else the first, else the id.
 fn image_info(given: &str, image: &ImageRecord) -> ContainerImage {
+    let repository = bungeo_imagestore::Reference::parse(given)
+        .ok()
+        .map(|r| r.repository());
+    let own_digest = repository.and_then(|repo| {
+        image
+            .repo_digests
+            .iter()
+            .find(|d| d.split_once('@').is_some_and(|(name, _)| name == repo))
+    });
     ContainerImage {
         name: image
             .repo_tags
             .first()
             .cloned()
             .unwrap_or_else(|| given.to_owned()),
-        image_ref: image
-            .repo_digests
-            .first()
+        image_ref: own_digest
+            .or_else(|| image.repo_digests.first())
             .cloned()
             .unwrap_or_else(|| image.id.clone()),
         id: image.id.clone(),
@@ -168,6 +178,11 @@ impl Containers {
         lock(&self.index)
             .entries
             .insert(id.clone(), Entry::new(record));
+        self.events.emit(
+            &id,
+            &sandbox.id,
+            cri::ContainerEventType::ContainerCreatedEvent,
+        );
         Ok(id)
     }
 
@@ -260,8 +275,16 @@ impl Containers {
         create_dir(&bundle, CONTAINER_DIR_MODE, false)?;
         create_dir(&rootfs, 0o755, false)?;
         let lowers = self.store.hold(&record.id, image)?;
-        rootfs::mount_overlay(&lowers, &upper, &work, &rootfs)
-            .map_err(|e| Error::runtime(format!("container {what}: mount its rootfs"), e))?;
+        let userns = crate::userns::pinned_user_namespace(&sandbox.ns_dir)
+            .zip(crate::userns::pod_root_ids(&sandbox.config));
+        match userns {
+            // Layers idmapped into the pod's user namespace: no chown of shared layers.
+            Some((ns, root)) => {
+                rootfs::mount_overlay_idmapped(&lowers, &upper, &work, &rootfs, &ns, root)
+            }
+            None => rootfs::mount_overlay(&lowers, &upper, &work, &rootfs),
+        }
+        .map_err(|e| Error::runtime(format!("container {what}: mount its rootfs"), e))?;
 
         let target_pid_namespace = self.target_pid_namespace(&record.config)?;
         let pod_pid = self.pod_pid_namespace(&record.config, sandbox)?;
@@ -276,6 +299,7 @@ impl Containers {
             ipc: sandbox.namespaces.ipc.clone(),
             uts: sandbox.namespaces.uts.clone(),
             pid: pod_pid,
+            user: crate::userns::pinned_user_namespace(&sandbox.ns_dir),
         };
         let spec = spec::generate(&SpecInput {
             container_id: &record.id,
@@ -320,7 +344,15 @@ impl Containers {
         let shim = shims::launch(&self.shim, &record.shim, &record.id, &bundle)
             .map_err(|e| shim_error(&what, "start its shim", e))?;
         record.pid = shim
-            .create(&bundle, log.as_deref(), record.config.tty)
+            .create(
+                &bundle,
+                log.as_deref(),
+                record.config.tty,
+                shims::StdioOptions {
+                    stdin: record.config.stdin,
+                    stdin_once: record.config.stdin_once,
+                },
+            )
             .map_err(|e| shim_error(&what, "create", e))?;
         Ok(())
     }
@@ -493,6 +525,13 @@ mod tests {
         assert_eq!(info.image_ref, "docker.io/library/busybox@sha256:man");
         assert_eq!(info.id, "sha256:cfg");
         assert_eq!(stop_signal(&i), "SIGQUIT");
+        let mut two = image();
+        two.repo_digests
+            .push("mirror.example:5000/busybox@sha256:man".into());
+        let info = image_info("mirror.example:5000/busybox:latest", &two);
+        assert_eq!(info.image_ref, "mirror.example:5000/busybox@sha256:man");
+        let info = image_info("sha256:cfg", &two);
+        assert_eq!(info.image_ref, "docker.io/library/busybox@sha256:man");
         let mut bare = image();
         bare.repo_tags.clear();
         bare.repo_digests.clear();

@@ -22,7 +22,7 @@ pub const EXEC_OUTPUT_LIMIT: u64 = 16 << 20;
 /// How long a timed-out exec may take to die after SIGKILL.
 const EXEC_KILL_WAIT: Duration = Duration::from_secs(10);
 
-fn not_running(record: &ContainerRecord) -> Error {
+pub(super) fn not_running(record: &ContainerRecord) -> Error {
     Error::FailedPrecondition(format!(
         "container {} is {}, not running",
         record.display(),
@@ -45,7 +45,7 @@ fn read_output(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The OCI spec of the container as written in its bundle.
-fn read_spec(record: &ContainerRecord) -> Result<Spec> {
+pub(super) fn read_spec(record: &ContainerRecord) -> Result<Spec> {
     let path = record.bundle().join(SPEC_FILE);
     let bytes = std::fs::read(&path).map_err(|e| Error::io("read the OCI spec", &path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| {

@@ -14,8 +14,10 @@ use super::record::{
 };
 use super::{Containers, Entry, exit_from_disk, lock, not_found, now_ns, ns_of, shim_error};
 use crate::errors::{Error, Result};
+use crate::events::ContainerEvents;
 use crate::sandbox::Sandboxes;
 use crate::shims::{CallError, Shim, ShimPaths};
+use k8s_cri::v1::ContainerEventType;
 
 /// How long a container may take to die after SIGKILL before StopContainer fails.
 const KILL_WAIT: Duration = Duration::from_secs(30);
@@ -78,6 +80,11 @@ impl Containers {
                     r.pid = pid;
                 })?;
                 info!(pid, "container started");
+                self.events.emit(
+                    &id,
+                    &record.sandbox_id,
+                    ContainerEventType::ContainerStartedEvent,
+                );
                 self.watch(&id, &entry, &record.shim);
                 Ok(())
             }
@@ -90,10 +97,18 @@ impl Containers {
                     reason: REASON_START_ERROR.to_owned(),
                     message: err.to_string(),
                 };
+                let mut stopped = false;
                 if let Err(e) = self.update(&entry, |r| {
-                    r.apply_exit(exit);
+                    stopped = r.apply_exit(exit);
                 }) {
                     warn!(error = %e, "recording the failed start");
+                }
+                if stopped {
+                    self.events.emit(
+                        &id,
+                        &record.sandbox_id,
+                        ContainerEventType::ContainerStoppedEvent,
+                    );
                 }
                 Err(err)
             }
@@ -103,6 +118,7 @@ impl Containers {
     /// Starts the thread that waits for the container's exit in its shim and records it.
     pub(super) fn watch(&self, id: &str, entry: &Arc<Entry>, paths: &ShimPaths) {
         let sandboxes = Arc::downgrade(&self.sandboxes);
+        let events = Arc::clone(&self.events);
         let entry = Arc::clone(entry);
         let container_id = id.to_owned();
         let paths = paths.clone();
@@ -113,7 +129,7 @@ impl Containers {
                 let id = container_id;
                 let _span = info_span!("container", container_id = %id).entered();
                 let exit = wait_for_exit(&id, &paths);
-                record_exit(&sandboxes, &entry, exit);
+                record_exit(&sandboxes, &events, &entry, exit);
             });
         if let Err(e) = spawned {
             warn!(container_id = %id, error = %e, "cannot start the exit watcher");
@@ -153,9 +169,18 @@ impl Containers {
                         ),
                     )
                 });
-                return self.update(entry, |r| {
-                    r.apply_exit(exit);
-                });
+                let mut stopped = false;
+                self.update(entry, |r| {
+                    stopped = r.apply_exit(exit);
+                })?;
+                if stopped {
+                    self.events.emit(
+                        id,
+                        &record.sandbox_id,
+                        ContainerEventType::ContainerStoppedEvent,
+                    );
+                }
+                return Ok(());
             }
             Err(e) => return Err(shim_error(&what, "stop", e)),
         };
@@ -217,11 +242,18 @@ impl Containers {
         self.records().delete_container(id)?;
         *lock(&entry.record) = None;
         entry.changed.notify_all();
-        let mut index = lock(&self.index);
-        index.entries.remove(id);
-        if index.names.get(&record.name).map(String::as_str) == Some(id) {
-            index.names.remove(&record.name);
+        {
+            let mut index = lock(&self.index);
+            index.entries.remove(id);
+            if index.names.get(&record.name).map(String::as_str) == Some(id) {
+                index.names.remove(&record.name);
+            }
         }
+        self.events.emit(
+            id,
+            &record.sandbox_id,
+            ContainerEventType::ContainerDeletedEvent,
+        );
         info!("container removed");
         Ok(())
     }
@@ -291,7 +323,12 @@ fn wait_for_exit(id: &str, paths: &ShimPaths) -> ExitInfo {
 /// Writes the exit into the record, unless the container ended otherwise meanwhile (a stop
 /// that saw its shim gone, a removal). A daemon shutting down writes nothing: the next start
 /// reads the exit from disk.
-fn record_exit(sandboxes: &Weak<Sandboxes>, entry: &Entry, exit: ExitInfo) {
+fn record_exit(
+    sandboxes: &Weak<Sandboxes>,
+    events: &ContainerEvents,
+    entry: &Entry,
+    exit: ExitInfo,
+) {
     let Some(sandboxes) = sandboxes.upgrade() else {
         return;
     };
@@ -311,6 +348,13 @@ fn record_exit(sandboxes: &Weak<Sandboxes>, entry: &Entry, exit: ExitInfo) {
         exit_code = next.exit_code,
         reason = %next.reason,
         "container exited"
+    );
+    // Only a push onto a queue: safe under the record lock, and before the waiters of a stop
+    // or removal wake, so STOPPED always comes before DELETED.
+    events.emit(
+        &next.id,
+        &next.sandbox_id,
+        ContainerEventType::ContainerStoppedEvent,
     );
     *guard = Some(next);
     entry.changed.notify_all();

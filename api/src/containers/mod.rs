@@ -23,6 +23,7 @@ mod create;
 mod exec;
 mod lifecycle;
 pub mod record;
+pub mod stream;
 
 use crate::reservation::ReservedNames;
 pub(crate) use crate::reservation::{NameReservation, lock};
@@ -40,6 +41,7 @@ use tracing::{info, info_span, warn};
 
 use crate::config::{CgroupDriver, Config};
 use crate::errors::{Error, Result};
+use crate::events::ContainerEvents;
 use crate::ids;
 use crate::records::Records;
 use crate::sandbox::Sandboxes;
@@ -147,6 +149,8 @@ pub struct Containers {
     oom_score_adj: Option<i32>,
     /// Whether the kernel has AppArmor enabled.
     apparmor: bool,
+    /// Where CREATED, STARTED, STOPPED and DELETED are reported (GetContainerEvents).
+    events: Arc<ContainerEvents>,
 }
 
 /// Nanoseconds since the epoch.
@@ -252,6 +256,7 @@ impl Containers {
             index: Mutex::new(Index::default()),
             oom_score_adj: own_oom_score_adj(),
             apparmor: apparmor_enabled(),
+            events: Arc::new(ContainerEvents::new()),
         };
         containers.recover()?;
         Ok(containers)
@@ -441,6 +446,34 @@ impl Containers {
             status: Some(record::cri_status(&record)),
             info,
         })
+    }
+
+    /// The record of the container `query` names, or NotFound.
+    pub fn record(&self, query: &str) -> Result<ContainerRecord> {
+        self.get(query).map(|(_, _, record)| record)
+    }
+
+    /// The records of every container (stats), in no particular order.
+    pub fn snapshots(&self) -> Vec<ContainerRecord> {
+        let entries: Vec<Arc<Entry>> = lock(&self.index).entries.values().cloned().collect();
+        entries.iter().filter_map(|e| e.snapshot()).collect()
+    }
+
+    /// The statuses of the containers of pod sandbox `sandbox_id` (a full id), oldest first:
+    /// what a container event carries.
+    pub fn statuses_of_pod(&self, sandbox_id: &str) -> Vec<cri::ContainerStatus> {
+        let mut records: Vec<ContainerRecord> = self
+            .snapshots()
+            .into_iter()
+            .filter(|r| r.sandbox_id == sandbox_id && r.phase != ContainerPhase::Creating)
+            .collect();
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        records.iter().map(record::cri_status).collect()
+    }
+
+    /// The container event hub.
+    pub fn events(&self) -> &Arc<ContainerEvents> {
+        &self.events
     }
 
     /// ListContainers, oldest first.
