@@ -66,6 +66,21 @@ pub(crate) fn exec(c: &Container, opts: &ExecOptions) -> Result<i32> {
         }
         (_, false) => None,
     };
+    let driver = if st.systemd_cgroup {
+        Driver::Systemd
+    } else {
+        Driver::Cgroupfs
+    };
+    // The container's cgroup exists as long as it runs: nothing to create (and an exec must
+    // not land in a fresh, unlimited one if it was removed behind our back).
+    let cg = Cgroup::open(&st.cgroups_path, &st.id, driver)?;
+    // The child joins the cgroup itself, through files opened here: the parent moving it
+    // instead waits for an RCU grace period (see `CgroupJoin`), most of an exec's time on a
+    // cgroup v1 node. The systemd driver has no files to join by: the parent moves it.
+    let cgroup_join = cg.child_join()?;
+    let parent_moves_child = cgroup_join.is_none();
+    let joins_user = joins.iter().any(|(k, _)| *k == NsKind::User);
+    let joins_cgroup_ns = joins.iter().any(|(k, _)| *k == NsKind::Cgroup);
     let plan = ChildPlan {
         joins,
         new_user_ns: false,
@@ -74,21 +89,18 @@ pub(crate) fn exec(c: &Container, opts: &ExecOptions) -> Result<i32> {
         console,
         init: None,
         preserve_fds: opts.preserve_fds,
-        // Moved by the parent: a process joining a running container's pid or cgroup
-        // namespace could not clone itself into the cgroup, and exec is off the create path.
-        cgroup: None,
-        clone_into_cgroup: false,
+        cgroup: cgroup_join,
+        // The kernel checks a clone into a cgroup against the user and cgroup namespaces
+        // stage 1 is in by then; inside either, stage 1 joins the v2 directory itself.
+        clone_into_cgroup: !joins_user && !joins_cgroup_ns,
     };
     let (parent_ch, child_ch) = channel::pair()?;
     let mut pids = Vec::new();
     let res = (|| -> Result<i32> {
         let pid = spawn(&plan, &parent_ch, child_ch, &[], &[], &mut pids)?;
-        let driver = if st.systemd_cgroup {
-            Driver::Systemd
-        } else {
-            Driver::Cgroupfs
-        };
-        Cgroup::new(&st.cgroups_path, &st.id, driver)?.add_task(pid)?;
+        if parent_moves_child {
+            cg.add_task(pid)?;
+        }
         if let Some(adj) = opts.process.oom_score_adj() {
             process_settings::set_oom_score_adj(pid, adj)?;
         }

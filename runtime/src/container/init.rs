@@ -10,8 +10,10 @@
 //! Stage 2, for a container's init, prepares the rootfs and pivots into it, sets up the
 //! terminal, hostname, sysctls, masked and read-only paths while the parent sets its cgroup's
 //! limits, waits for them (`Go`), applies the process's own settings, reports `Ready`, blocks
-//! on the start barrier (`exec.fifo`), and execs. An exec'd process, or an init the parent
-//! moves into its cgroup itself (systemd driver), waits for `Go` before anything else. Any
+//! on the start barrier (`exec.fifo`), and execs. An exec'd process joins the container's
+//! cgroup itself as stage 2 starts (stage 1 only clones it, into the v2 directory where it can),
+//! and, like an init the parent moves into its cgroup itself (systemd driver), waits for `Go`
+//! before anything else. Any
 //! failure before the barrier is sent back as text a person can act on, and the child exits.
 //!
 //! These run in a child of a single-threaded process, so allocating is safe; they log nothing.
@@ -189,8 +191,12 @@ fn stage1(plan: &ChildPlan, ch: &Channel) -> std::result::Result<(), String> {
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     // First, with the caller's credentials and namespaces, so that everything created from
-    // here on (namespaces, the container process) is in the container's cgroup.
-    if let Some(join) = &plan.cgroup {
+    // here on (namespaces, the container process) is in the container's cgroup. An exec's
+    // process joins in stage 2 instead: it creates nothing, and stage 1 in the cgroup would
+    // take a second slot of its pids limit while it clones.
+    if let Some(join) = &plan.cgroup
+        && plan.init.is_some()
+    {
         join.join_self(plan.clone_into_cgroup)?;
     }
     for (kind, fd) in &plan.joins {
@@ -260,9 +266,18 @@ fn stage2(
     use Stage2Error::{AfterReady, BeforeReady};
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if let Some(join) = &plan.cgroup
+        && plan.init.is_none()
+    {
+        // Single-threaded, so writing `0` moves this whole process (see `CgroupJoin`); the
+        // files were opened by the caller, whose credentials the kernel checks.
+        join.join_self(plan.clone_into_cgroup)
+            .map_err(BeforeReady)?;
+    }
     // A container's init born in its cgroup prepares its rootfs while the parent sets the
     // cgroup's limits (runc, too, sets them once the rootfs is ready); anything else waits
-    // until the parent has moved it into its cgroup.
+    // until the parent has done its part (moved it into its cgroup with the systemd driver,
+    // set an exec's oom_score_adj).
     let rootfs_before_go = plan.cgroup.is_some() && plan.init.is_some();
     if !rootfs_before_go {
         ch.expect(&Msg::Go, "while waiting to join its cgroup")

@@ -620,7 +620,7 @@ mod tests {
             })
         };
         let pid = exec(process(
-            &["sh", "-c", "cat /proc/1/cmdline > cmd; echo $$ > pid; hostname > host; id > id; grep CapEff /proc/self/status > caps"],
+            &["sh", "-c", "cat /proc/1/cmdline > cmd; echo $$ > pid; hostname > host; id > id; grep CapEff /proc/self/status > caps; cat /proc/self/cgroup > cg; cat /proc/1/cgroup > cg1"],
             1000,
         ))
         .unwrap();
@@ -630,6 +630,10 @@ mod tests {
         assert_eq!(read(&b.out.join("host")).trim(), "testhost");
         assert!(read(&b.out.join("id")).starts_with("uid=1000(u) gid=1000"));
         assert!(read(&b.out.join("caps")).contains("0000000000000000"));
+        // In every hierarchy the init's cgroup (the exec joins it by itself).
+        let cgroups = read(&b.out.join("cg"));
+        assert!(cgroups.contains(&id), "{cgroups}");
+        assert_eq!(cgroups, read(&b.out.join("cg1")));
         let pid = exec(process(&["sh", "-c", "exit 3"], 0)).unwrap();
         assert_eq!(wait_exit_code(pid).unwrap(), 3);
         let err = exec(process(&["nope"], 0)).unwrap_err();
