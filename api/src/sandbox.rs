@@ -238,6 +238,12 @@ impl Sandboxes {
                 SandboxPhase::Creating => {
                     warn!("removing a pod sandbox that a crash left half-created");
                     kill_infra(&record);
+                    // An ADD the crash cut short may still be running: it must not finish
+                    // after the DEL below.
+                    let killed = bungeo_runtime::cni::kill_orphan_plugins(&record.id);
+                    if killed > 0 {
+                        warn!(killed, "killed CNI plugin processes the crash left running");
+                    }
                     let released = self.release_network(&mut record);
                     match released.and(self.teardown(&record.id, &record.dir, &record.ns_dir)) {
                         Ok(()) => self.records.delete_sandbox(&record.id)?,

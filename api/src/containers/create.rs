@@ -453,7 +453,8 @@ impl Containers {
                     .map_err(|e| shim_error(id, "shut down its shim", e))?;
                 wait_gone(shim, id);
             }
-            Err(CallError::Gone(_)) => {}
+            // No shim deleted the init, its cgroup and runtime state: the runtime does.
+            Err(CallError::Gone(_)) => super::lifecycle::clean_up_after_dead_shim(&self.shim, id),
             Err(e) => return Err(shim_error(id, "connect to its shim", e)),
         }
         let rootfs = dir.join(BUNDLE_DIR).join(ROOTFS_DIR);

@@ -10,13 +10,14 @@ use nix::sys::signal::Signal;
 use tracing::{debug, info, info_span, warn};
 
 use super::record::{
-    ContainerPhase, ContainerRecord, ExitInfo, REASON_START_ERROR, START_ERROR_EXIT_CODE,
+    ContainerPhase, ContainerRecord, ExitInfo, REASON_START_ERROR, REASON_UNKNOWN,
+    START_ERROR_EXIT_CODE,
 };
 use super::{Containers, Entry, exit_from_disk, lock, not_found, now_ns, ns_of, shim_error};
 use crate::errors::{Error, Result};
 use crate::events::ContainerEvents;
 use crate::sandbox::Sandboxes;
-use crate::shims::{CallError, Shim, ShimPaths};
+use crate::shims::{CallError, Shim, ShimPaths, ShimSettings};
 use k8s_cri::v1::ContainerEventType;
 
 /// How long a container may take to die after SIGKILL before StopContainer fails.
@@ -122,6 +123,7 @@ impl Containers {
         let entry = Arc::clone(entry);
         let container_id = id.to_owned();
         let paths = paths.clone();
+        let settings = self.shim.clone();
         let spawned = std::thread::Builder::new()
             .name("bungeo-watch".to_owned())
             .stack_size(WATCHER_STACK)
@@ -129,6 +131,9 @@ impl Containers {
                 let id = container_id;
                 let _span = info_span!("container", container_id = %id).entered();
                 let exit = wait_for_exit(&id, &paths);
+                if exit.reason == REASON_UNKNOWN {
+                    clean_up_after_dead_shim(&settings, &id);
+                }
                 record_exit(&sandboxes, &events, &entry, exit);
             });
         if let Err(e) = spawned {
@@ -169,6 +174,9 @@ impl Containers {
                         ),
                     )
                 });
+                if exit.reason == REASON_UNKNOWN {
+                    clean_up_after_dead_shim(&self.shim, id);
+                }
                 let mut stopped = false;
                 self.update(entry, |r| {
                     stopped = r.apply_exit(exit);
@@ -278,6 +286,37 @@ fn wait_not_running(entry: &Entry, limit: Duration) -> bool {
             Ok((g, _)) => g,
             Err(poisoned) => poisoned.into_inner().0,
         };
+    }
+}
+
+/// Kills what is left of a container whose shim died without recording its exit, and removes
+/// its runtime state and cgroup (`<runtime> delete --force`, as containerd does after a dead
+/// shim): unsupervised, it must not run on while it is reported exited. Failures are logged;
+/// the container is reported exited either way.
+pub(super) fn clean_up_after_dead_shim(settings: &ShimSettings, id: &str) {
+    let mut cmd = std::process::Command::new(&settings.runtime);
+    cmd.arg("--root").arg(&settings.runtime_root);
+    if settings.systemd_cgroup {
+        cmd.arg("--systemd-cgroup");
+    }
+    let output = cmd
+        .args(["delete", "--force", id])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(o) if o.status.success() => {
+            info!("its shim died: what was left of the container is killed and removed");
+        }
+        Ok(o) => warn!(
+            status = %o.status,
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "its shim died and the runtime could not remove what is left of the container"
+        ),
+        Err(e) => warn!(
+            runtime = %settings.runtime.display(),
+            error = %e,
+            "its shim died and the runtime could not be run to remove the container"
+        ),
     }
 }
 

@@ -348,6 +348,9 @@ impl Containers {
                     )
                 });
                 info!(exit_code = exit.exit_code, reason = %exit.reason, "its shim is gone");
+                if exit.reason == record::REASON_UNKNOWN {
+                    lifecycle::clean_up_after_dead_shim(&self.shim, &record.id);
+                }
                 record.apply_exit(exit);
                 false
             }

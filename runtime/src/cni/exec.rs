@@ -5,11 +5,14 @@
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// Where plugins are and how long one may run.
@@ -60,6 +63,9 @@ impl Plugins {
             message,
         };
         let mut child = Command::new(binary)
+            // A group of its own, so a kill reaches what the plugin started too (a helper it
+            // waits on would otherwise outlive it, holding our pipes or the pod's resources).
+            .process_group(0)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -72,12 +78,12 @@ impl Plugins {
             && let Err(e) = input.write_all(stdin)
             && e.kind() != ErrorKind::BrokenPipe
         {
-            let _ = child.kill();
+            kill_group(&mut child);
             let _ = child.wait();
             return Err(fail(format!("write config to {}: {e}", binary.display())));
         }
         let (Some(mut out), Some(mut err)) = (child.stdout.take(), child.stderr.take()) else {
-            let _ = child.kill();
+            kill_group(&mut child);
             let _ = child.wait();
             return Err(fail("plugin pipes missing".to_owned()));
         };
@@ -89,7 +95,7 @@ impl Plugins {
         while out_open || err_open {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                let _ = child.kill();
+                kill_group(&mut child);
                 let _ = child.wait();
                 return Err(fail(format!(
                     "timed out after {}s and was killed",
@@ -107,7 +113,7 @@ impl Plugins {
             match poll(&mut fds, millis) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
-                    let _ = child.kill();
+                    kill_group(&mut child);
                     let _ = child.wait();
                     return Err(fail(format!("poll plugin output: {e}")));
                 }
@@ -131,7 +137,7 @@ impl Plugins {
                         Ok(n) => sink.extend_from_slice(&buf[..n]),
                         Err(e) if e.kind() == ErrorKind::Interrupted => {}
                         Err(e) => {
-                            let _ = child.kill();
+                            kill_group(&mut child);
                             let _ = child.wait();
                             return Err(fail(format!("read plugin output: {e}")));
                         }
@@ -148,6 +154,15 @@ impl Plugins {
         }
         Err(plugin_error(&stdout, &stderr, &status.to_string()))
     }
+}
+
+/// SIGKILL to the plugin's process group (it leads one, see `exec`), then the plugin itself
+/// should the group be gone already.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.kill();
 }
 
 /// The failure a plugin reported: its error object (`code`, `msg`, `details`) when stdout has
@@ -277,5 +292,35 @@ mod tests {
         let err = p.exec(&bin, &[], b"{}").unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(err.message.contains("timed out"), "{err:?}");
+    }
+
+    #[test]
+    fn a_plugin_overrunning_its_time_is_killed_with_its_children() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = plugins(&[dir.path()]);
+        p.timeout = Duration::from_millis(300);
+        let pidfile = dir.path().join("child.pid");
+        let bin = script(
+            dir.path(),
+            "hangs",
+            &format!("sleep 30 & echo $! > {}; wait", pidfile.display()),
+        );
+        let err = p.exec(&bin, &[], b"{}").unwrap_err();
+        assert!(err.message.contains("timed out"), "{err:?}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Killed, then reaped by init: gone or a zombie for a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the plugin's child {pid} survived"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

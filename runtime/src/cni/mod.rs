@@ -10,6 +10,7 @@ mod conf;
 mod default_network;
 mod exec;
 mod ops;
+mod orphans;
 mod result;
 
 pub use args::{
@@ -22,6 +23,7 @@ pub use default_network::{
 };
 pub use exec::Plugins;
 pub use ops::{add, check, del, netns_is_alive};
+pub use orphans::kill_orphan_plugins;
 pub use result::{CniResult, Interface, IpConfig};
 
 /// The interface name pods get (`CNI_IFNAME`), as with containerd and CRI-O.
