@@ -130,7 +130,26 @@ pub fn status(err: &Error) -> Status {
         Error::ImageStore(e) => return store_status(e),
         _ => Code::Internal,
     };
-    Status::new(code, err.to_string())
+    bounded(code, err.to_string())
+}
+
+/// Longest status message sent: messages quote the request's names, and a 1 MiB name
+/// echoed into `grpc-message` overflows the client's HTTP/2 header limit, which kills the
+/// whole connection (every call kubelet has in flight on it) instead of failing one call.
+pub const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// A status whose message is cut to [`MAX_STATUS_MESSAGE`] bytes.
+pub fn bounded(code: Code, mut message: String) -> Status {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = message.len() - end;
+        message.truncate(end);
+        message.push_str(&format!("… ({cut} more bytes)"));
+    }
+    Status::new(code, message)
 }
 
 /// Prefix kubelet recognises in an `Unknown` pull error to report `RegistryUnavailable`
@@ -147,7 +166,7 @@ pub fn store_status(err: &StoreError) -> Status {
         // kubelet strips the code of `Unknown` pull errors and matches this prefix on the
         // message alone; any other code would hide it behind "rpc error: code = ...".
         StoreError::Registry { .. } => {
-            return Status::unknown(format!("{REGISTRY_UNAVAILABLE}: {message}"));
+            return bounded(Code::Unknown, format!("{REGISTRY_UNAVAILABLE}: {message}"));
         }
         // The image exists but cannot be used as it is: retrying will not help until the
         // registry content (or the node) changes.
@@ -157,9 +176,17 @@ pub fn store_status(err: &StoreError) -> Status {
         | StoreError::SizeMismatch { .. }
         | StoreError::Layer { .. } => Code::FailedPrecondition,
         StoreError::Config(_) => Code::FailedPrecondition,
+        // A full disk is the node's resource running out, not a bug: kubelet's image GC
+        // frees space and the pull is retried.
+        StoreError::Io { source, .. } if out_of_space(source) => Code::ResourceExhausted,
         StoreError::Io { .. } | StoreError::Database(_) => Code::Internal,
     };
-    Status::new(code, message)
+    bounded(code, message)
+}
+
+/// Whether an I/O error means the filesystem (or the quota on it) is full.
+fn out_of_space(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// Maps a failed blocking or spawned task (a panic, or cancellation at shutdown).
@@ -177,6 +204,19 @@ mod tests {
 
     fn status(err: StoreError) -> Status {
         store_status(&err)
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        let s = status(StoreError::InvalidReference {
+            reference: "é".repeat(1 << 20),
+            reason: "too long".to_owned(),
+        });
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().len() < MAX_STATUS_MESSAGE + 64, "{}", s.message().len());
+        assert!(s.message().ends_with("more bytes)"), "{}", &s.message()[4000..]);
+        let short = bounded(Code::NotFound, "pod x not found".into());
+        assert_eq!(short.message(), "pod x not found");
     }
 
     #[test]
@@ -270,7 +310,7 @@ mod tests {
         let s = status(StoreError::io(
             "create",
             "/var/lib/bungeo/content",
-            std::io::Error::from_raw_os_error(libc::ENOSPC),
+            std::io::Error::from_raw_os_error(libc::EIO),
         ));
         assert_eq!(s.code(), Code::Internal);
         assert!(s.message().contains("/var/lib/bungeo/content"));
@@ -278,6 +318,19 @@ mod tests {
             status(StoreError::Database("corrupt".to_owned())).code(),
             Code::Internal
         );
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let s = status(StoreError::io(
+                "write content ingest",
+                "/var/lib/bungeo/content/ingest/x",
+                std::io::Error::from_raw_os_error(errno),
+            ));
+            assert_eq!(s.code(), Code::ResourceExhausted);
+            assert!(s.message().contains("/var/lib/bungeo/content/ingest/x"));
+        }
     }
 
     #[test]
