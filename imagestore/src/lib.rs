@@ -4,6 +4,8 @@
 pub mod compression;
 pub mod content;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metadata;
 pub mod platform;
 pub mod pull;

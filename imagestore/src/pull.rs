@@ -45,13 +45,13 @@ const MAX_SMALL_BLOB: u64 = 8 << 20;
 
 /// A layer to fetch.
 #[derive(Debug, Clone)]
-struct Layer {
+pub(crate) struct Layer {
     digest: String,
     size: u64,
     media_type: String,
     diff_id: String,
-    chain_id: String,
-    parent: Option<String>,
+    pub(crate) chain_id: String,
+    pub(crate) parent: Option<String>,
 }
 
 /// What the registry told us about the image, before layers are fetched.
@@ -497,42 +497,8 @@ async fn resolve_at(
     let top_json = parse_json(name, "manifest", &top)?;
     let mut blobs = vec![(top_digest.clone(), top.to_vec())];
     let mut size = top.len() as u64;
-    let schema = top_json
-        .get("schemaVersion")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let mt = media_type_of(&top_json, None);
-    if schema == 1 || mt == MT_DOCKER_SCHEMA1 || mt == MT_DOCKER_SCHEMA1_SIGNED {
-        return Err(unsupported(
-            name,
-            "Docker image manifest schema 1 is deprecated and not supported; re-push the image with a current tool so it has a schema 2 or OCI manifest",
-        ));
-    }
-    let is_index = mt == MT_OCI_INDEX
-        || mt == MT_DOCKER_LIST
-        || (mt.is_empty() && top_json.get("manifests").is_some());
-    let (manifest_json, manifest_digest, index_digest) = if is_index {
-        let host = Platform::host();
-        let entries = top_json
-            .get("manifests")
-            .and_then(Value::as_array)
-            .ok_or_else(|| unsupported(name, "image index has no manifests"))?;
-        let candidates = entries.iter().enumerate().filter_map(|(i, m)| {
-            let p = m.get("platform")?;
-            Some((
-                i,
-                p.get("os").and_then(Value::as_str).unwrap_or(""),
-                p.get("architecture").and_then(Value::as_str).unwrap_or(""),
-                p.get("variant").and_then(Value::as_str),
-            ))
-        });
-        let chosen = host
-            .best_match(candidates)
-            .ok_or_else(|| Error::NoMatchingPlatform {
-                reference: name.to_string(),
-                platform: host.to_string(),
-            })?;
-        let (mdigest, msize, _) = descriptor(name, &entries[chosen], "manifest")?;
+    let (manifest_json, manifest_digest, index_digest) = if classify_top(name, &top_json)? {
+        let (mdigest, msize) = choose_manifest(name, &top_json, &Platform::host())?;
         let mref = oref.clone_with_digest(mdigest.clone());
         let (mbytes, _) = client
             .pull_manifest_raw(&mref, &rauth, ACCEPT)
@@ -559,27 +525,106 @@ async fn resolve_at(
             mdigest,
             Some(top_digest.clone()),
         )
-    } else if mt.is_empty() || mt == MT_OCI_MANIFEST || mt == MT_DOCKER_MANIFEST {
-        (top_json, top_digest.clone(), None)
     } else {
-        return Err(unsupported(
-            name,
-            format!("unsupported manifest media type {mt:?}"),
-        ));
+        (top_json, top_digest.clone(), None)
     };
-    let mmt = media_type_of(&manifest_json, None);
-    if mmt == MT_OCI_INDEX || mmt == MT_DOCKER_LIST || manifest_json.get("manifests").is_some() {
-        return Err(unsupported(name, "nested image indexes are not supported"));
-    }
-    let cfg_desc = manifest_json
-        .get("config")
-        .ok_or_else(|| unsupported(name, "manifest has no config"))?;
-    let (config_digest, config_size, _) = descriptor(name, cfg_desc, "config")?;
+    let (config_digest, config_size) = config_descriptor(name, &manifest_json)?;
     let config_bytes = fetch_small(&client, &oref, &config_digest, config_size, name).await?;
     size += config_bytes.len() as u64;
     let config = parse_json(name, "image config", &config_bytes)?;
     blobs.push((config_digest.clone(), config_bytes));
+    let (layers, layers_size, annotations) = layers_of(name, &manifest_json, &config)?;
+    Ok(Resolved {
+        endpoint: endpoint.clone(),
+        client,
+        oref,
+        top_digest,
+        index_digest,
+        manifest_digest,
+        blobs,
+        config_digest,
+        config,
+        layers,
+        size: size.saturating_add(layers_size),
+        annotations,
+    })
+}
 
+/// Whether a top-level manifest is an image index (true) or an image manifest (false);
+/// schema 1 and unknown media types are refused.
+pub(crate) fn classify_top(name: &str, top: &Value) -> Result<bool> {
+    let schema = top
+        .get("schemaVersion")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let mt = media_type_of(top, None);
+    if schema == 1 || mt == MT_DOCKER_SCHEMA1 || mt == MT_DOCKER_SCHEMA1_SIGNED {
+        return Err(unsupported(
+            name,
+            "Docker image manifest schema 1 is deprecated and not supported; re-push the image with a current tool so it has a schema 2 or OCI manifest",
+        ));
+    }
+    if mt == MT_OCI_INDEX
+        || mt == MT_DOCKER_LIST
+        || (mt.is_empty() && top.get("manifests").is_some())
+    {
+        return Ok(true);
+    }
+    if mt.is_empty() || mt == MT_OCI_MANIFEST || mt == MT_DOCKER_MANIFEST {
+        return Ok(false);
+    }
+    Err(unsupported(
+        name,
+        format!("unsupported manifest media type {mt:?}"),
+    ))
+}
+
+/// The (digest, size) of the manifest an index lists for `host`.
+pub(crate) fn choose_manifest(name: &str, index: &Value, host: &Platform) -> Result<(String, u64)> {
+    let entries = index
+        .get("manifests")
+        .and_then(Value::as_array)
+        .ok_or_else(|| unsupported(name, "image index has no manifests"))?;
+    let candidates = entries.iter().enumerate().filter_map(|(i, m)| {
+        let p = m.get("platform")?;
+        Some((
+            i,
+            p.get("os").and_then(Value::as_str).unwrap_or(""),
+            p.get("architecture").and_then(Value::as_str).unwrap_or(""),
+            p.get("variant").and_then(Value::as_str),
+        ))
+    });
+    let chosen = host
+        .best_match(candidates)
+        .ok_or_else(|| Error::NoMatchingPlatform {
+            reference: name.to_string(),
+            platform: host.to_string(),
+        })?;
+    let (digest, size, _) = descriptor(name, &entries[chosen], "manifest")?;
+    Ok((digest, size))
+}
+
+/// The (digest, size) of an image manifest's config; a nested index is refused.
+pub(crate) fn config_descriptor(name: &str, manifest: &Value) -> Result<(String, u64)> {
+    let mmt = media_type_of(manifest, None);
+    if mmt == MT_OCI_INDEX || mmt == MT_DOCKER_LIST || manifest.get("manifests").is_some() {
+        return Err(unsupported(name, "nested image indexes are not supported"));
+    }
+    let cfg_desc = manifest
+        .get("config")
+        .ok_or_else(|| unsupported(name, "manifest has no config"))?;
+    let (digest, size, _) = descriptor(name, cfg_desc, "config")?;
+    Ok((digest, size))
+}
+
+/// The layers of an image manifest matched with its config's diff IDs, the sum of their
+/// sizes, and the manifest's annotations.
+#[allow(clippy::type_complexity)]
+pub(crate) fn layers_of(
+    name: &str,
+    manifest_json: &Value,
+    config: &Value,
+) -> Result<(Vec<Layer>, u64, std::collections::BTreeMap<String, String>)> {
     let diff_ids: Vec<String> = config
         .get("rootfs")
         .and_then(|r| r.get("diff_ids"))
@@ -610,9 +655,11 @@ async fn resolve_at(
     }
     let chains = chain_ids(&diff_ids);
     let mut layers = Vec::with_capacity(layer_descs.len());
+    // Sizes come from the registry: a hostile manifest can make their sum overflow.
+    let mut size = 0u64;
     for (i, l) in layer_descs.iter().enumerate() {
         let (digest, lsize, media_type) = descriptor(name, l, "layer")?;
-        size += lsize;
+        size = size.saturating_add(lsize);
         layers.push(Layer {
             digest,
             size: lsize,
@@ -631,20 +678,7 @@ async fn resolve_at(
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Resolved {
-        endpoint: endpoint.clone(),
-        client,
-        oref,
-        top_digest,
-        index_digest,
-        manifest_digest,
-        blobs,
-        config_digest,
-        config,
-        layers,
-        size,
-        annotations,
-    })
+    Ok((layers, size, annotations))
 }
 
 /// A `Read` over chunks arriving on a channel from the download task.

@@ -1,0 +1,6 @@
+//! Fuzz target: see `bungeo_imagestore::fuzzing::manifest` for what must hold.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    bungeo_imagestore::fuzzing::manifest(data);
+});
