@@ -213,8 +213,16 @@ mod tests {
             reason: "too long".to_owned(),
         });
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert!(s.message().len() < MAX_STATUS_MESSAGE + 64, "{}", s.message().len());
-        assert!(s.message().ends_with("more bytes)"), "{}", &s.message()[4000..]);
+        assert!(
+            s.message().len() < MAX_STATUS_MESSAGE + 64,
+            "{}",
+            s.message().len()
+        );
+        assert!(
+            s.message().ends_with("more bytes)"),
+            "{}",
+            &s.message()[4000..]
+        );
         let short = bounded(Code::NotFound, "pod x not found".into());
         assert_eq!(short.message(), "pod x not found");
     }

@@ -551,7 +551,10 @@ mod tests {
             assert!(Shim::connect(&paths, "c1").is_err());
         }
         let after = sockets();
-        assert!(after < before + 100, "{before} sockets before, {after} after");
+        assert!(
+            after < before + 100,
+            "{before} sockets before, {after} after"
+        );
     }
 
     #[test]

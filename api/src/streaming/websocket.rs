@@ -147,8 +147,9 @@ pub fn decode_message(m: &Message, base64: bool) -> Option<(u8, Bytes)> {
         Message::Text(t) if base64 && !t.is_empty() => {
             let s = t.as_str();
             let ch = s.as_bytes()[0].checked_sub(b'0')?;
+            // By bytes: a multi-byte first character must not split a char boundary.
             let data = base64::engine::general_purpose::STANDARD
-                .decode(&s[1..])
+                .decode(&s.as_bytes()[1..])
                 .ok()?;
             Some((ch, Bytes::from(data)))
         }
@@ -308,5 +309,12 @@ mod tests {
             Some((CLOSE_CHANNEL, Bytes::from_static(&[0])))
         );
         assert_eq!(decode_message(&Message::binary(Vec::new()), false), None);
+    }
+
+    #[test]
+    fn base64_text_starting_with_a_multibyte_character_is_refused() {
+        // A hostile client's text message: this used to panic slicing inside "é".
+        assert_eq!(decode_message(&Message::text("\u{e9}aGk="), true), None);
+        assert_eq!(decode_message(&Message::text("\u{1f600}"), true), None);
     }
 }

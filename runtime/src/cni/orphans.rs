@@ -76,8 +76,14 @@ mod tests {
     #[test]
     fn environments_match_only_plugin_calls_for_the_id() {
         let id = "abc";
-        assert!(is_plugin_of(b"PATH=/bin\0CNI_COMMAND=ADD\0CNI_CONTAINERID=abc\0", id));
-        assert!(!is_plugin_of(b"CNI_COMMAND=ADD\0CNI_CONTAINERID=abcd\0", id));
+        assert!(is_plugin_of(
+            b"PATH=/bin\0CNI_COMMAND=ADD\0CNI_CONTAINERID=abc\0",
+            id
+        ));
+        assert!(!is_plugin_of(
+            b"CNI_COMMAND=ADD\0CNI_CONTAINERID=abcd\0",
+            id
+        ));
         assert!(!is_plugin_of(b"CNI_CONTAINERID=abc\0", id));
         assert!(!is_plugin_of(b"", id));
     }

@@ -130,10 +130,15 @@ impl CniResult {
         if chosen.is_empty() {
             chosen = self.ips.iter().collect();
         }
-        let mut out: Vec<IpAddr> = chosen.iter().map(|ip| ip.address).collect();
+        let mut out: Vec<IpAddr> = Vec::with_capacity(chosen.len());
+        // A plugin may list an address twice, not necessarily next to each other.
+        for ip in chosen {
+            if !out.contains(&ip.address) {
+                out.push(ip.address);
+            }
+        }
         // Stable: each family keeps its order.
         out.sort_by_key(|ip| ip.is_ipv6());
-        out.dedup();
         out
     }
 }
@@ -176,6 +181,25 @@ mod tests {
         assert_eq!(result.raw, raw);
         // The host-side bridge address is not the pod's.
         assert_eq!(ips(&result), vec!["10.88.0.5", "fd00::5"]);
+    }
+
+    #[test]
+    fn repeated_addresses_are_listed_once() {
+        // Found by the cni_result fuzz target: dedup after the sort only removed neighbours.
+        let raw = json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": "/run/bungeo/ns/x/net"}],
+            "ips": [
+                {"address": "10.8.0.5/16", "interface": 0},
+                {"address": "fd01::5/64", "interface": 0},
+                {"address": "fd00::5/64", "interface": 0},
+                {"address": "fd01::5/64", "interface": 0},
+                {"address": "fd00::5/64", "interface": 0},
+                {"address": "10.8.0.5/16", "interface": 0}
+            ]
+        });
+        let result = CniResult::parse(raw, "bridge").unwrap();
+        assert_eq!(ips(&result), vec!["10.8.0.5", "fd01::5", "fd00::5"]);
     }
 
     #[test]

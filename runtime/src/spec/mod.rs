@@ -144,6 +144,8 @@ pub fn generate_with(input: &SpecInput, host: &dyn SpecHost) -> Result<Spec> {
         .map_err(|e| Error::InvalidArgument(format!("container {name}: image config: {e}")))?;
 
     // Process: args, env, cwd, user.
+    process::check_no_nul(container)
+        .map_err(|e| Error::InvalidArgument(format!("container {name}: {e}")))?;
     let args = process::args(container, &image)
         .map_err(|e| Error::InvalidArgument(format!("container {name}: {e}")))?;
     let cwd = process::cwd(container, &image)

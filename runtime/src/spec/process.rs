@@ -77,6 +77,31 @@ pub(super) fn args(
     Ok(command)
 }
 
+/// Refuses NUL bytes in the command, arguments, working directory and environment: execve
+/// cannot pass them, so the runtime would fail at create with an opaque error.
+pub(super) fn check_no_nul(c: &ContainerConfig) -> std::result::Result<(), String> {
+    let strings = c
+        .command
+        .iter()
+        .chain(&c.args)
+        .map(|s| ("command and args", s.as_str()))
+        .chain(std::iter::once(("working_dir", c.working_dir.as_str())))
+        .chain(
+            c.envs
+                .iter()
+                .flat_map(|kv| [("envs", kv.key.as_str()), ("envs", kv.value.as_str())]),
+        );
+    for (what, s) in strings {
+        if s.contains('\0') {
+            return Err(format!(
+                "{what} contain a NUL byte: {:?}",
+                s.get(..64).unwrap_or(s)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The working directory: the CRI one, else the image's, else `/`.
 pub(super) fn cwd(
     c: &ContainerConfig,
@@ -227,6 +252,22 @@ mod tests {
             args(&config(&[], &[]), &img).unwrap_err(),
             "no command specified"
         );
+    }
+
+    #[test]
+    fn nul_bytes_are_refused() {
+        assert!(check_no_nul(&config(&["sh"], &["-c", "true"])).is_ok());
+        assert!(check_no_nul(&config(&["sh\0x"], &[])).is_err());
+        assert!(check_no_nul(&config(&["sh"], &["a\0"])).is_err());
+        let mut c = config(&["sh"], &[]);
+        c.envs = vec![KeyValue {
+            key: "A\0".into(),
+            value: "v".into(),
+        }];
+        assert!(check_no_nul(&c).is_err());
+        c.envs[0].key = "A".into();
+        c.envs[0].value = "x\0y".into();
+        assert!(check_no_nul(&c).is_err());
     }
 
     #[test]

@@ -9,6 +9,9 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 pub const VERSION: u16 = 3;
 /// The largest frame payload the 24-bit length field allows.
 pub const MAX_LENGTH: usize = (1 << 24) - 1;
+/// Largest inflated header block accepted: a few KiB of zlib inflate a thousandfold, so
+/// without a bound one frame could take all the daemon's memory.
+pub const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// FLAG_FIN on DATA, SYN_STREAM, SYN_REPLY and HEADERS.
 pub const FLAG_FIN: u8 = 0x01;
 /// FLAG_UNIDIRECTIONAL on SYN_STREAM.
@@ -284,6 +287,11 @@ impl HeaderDecoder {
                 }
                 Err(e) => return Err(FrameError::Headers(format!("inflate: {e}"))),
             }
+            if self.out.len() > MAX_HEADER_BLOCK {
+                return Err(FrameError::Headers(format!(
+                    "header block inflates to more than {MAX_HEADER_BLOCK} bytes"
+                )));
+            }
             let used = (self.z.total_in() - before_in) as usize;
             block = &block[used..];
             if block.is_empty() && self.out.len() < self.out.capacity() {
@@ -551,6 +559,26 @@ mod tests {
             u32::from_be_bytes([out[2], out[3], out[4], out[5]]),
             (b << 16) | a
         );
+    }
+
+    #[test]
+    fn a_header_block_inflating_past_the_limit_is_refused() {
+        let mut enc = HeaderEncoder::new();
+        let mut out = Vec::new();
+        let big = "a".repeat(MAX_HEADER_BLOCK);
+        enc.encode(&[("x", &big)], &mut out).unwrap();
+        assert!(
+            out.len() < MAX_HEADER_BLOCK / 100,
+            "compressed to {}",
+            out.len()
+        );
+        let err = HeaderDecoder::new().decode(&out).unwrap_err();
+        assert!(err.to_string().contains("inflates to more than"), "{err}");
+        let mut small = Vec::new();
+        HeaderEncoder::new()
+            .encode(&[("x", &"a".repeat(MAX_HEADER_BLOCK / 2))], &mut small)
+            .unwrap();
+        assert_eq!(HeaderDecoder::new().decode(&small).unwrap().len(), 1);
     }
 
     #[test]
