@@ -12,6 +12,10 @@ pub(crate) fn in_forked_child<F>(f: F) -> Result<String, String>
 where
     F: FnOnce() -> Result<String, String>,
 {
+    // A lazily initialised global that another test thread is initialising at the moment of
+    // the fork stays locked forever in the child. The capability table is the one the forked
+    // tests use: initialise it here, in the parent, first.
+    crate::capabilities::all_known();
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
     // SAFETY: the child only runs `f` and writes to a pipe before `_exit`; it never returns into
@@ -35,6 +39,22 @@ where
         }
         ForkResult::Parent { child } => {
             drop(write_end);
+            // A child stuck on a lock some other thread held at the fork would hang the whole
+            // test run: give up on it after two minutes, as a failure that says so.
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&read_end),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ready = nix::poll::poll(
+                &mut fds,
+                nix::poll::PollTimeout::try_from(std::time::Duration::from_secs(120))
+                    .unwrap_or(nix::poll::PollTimeout::MAX),
+            );
+            if matches!(ready, Ok(0)) {
+                let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err("forked child hung for 120 s (a lock held at the fork?)".to_string());
+            }
             let mut message = String::new();
             let read = std::fs::File::from(read_end).read_to_string(&mut message);
             let status = waitpid(child, None).map_err(|e| format!("waitpid: {e}"))?;
