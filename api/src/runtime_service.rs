@@ -322,10 +322,17 @@ impl RuntimeService for CriRuntimeService {
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         let request = request.into_inner();
         traced("PodSandboxStatus", None, async {
-            self.blocking("PodSandboxStatus", move |s| {
-                s.status(&request.pod_sandbox_id, request.verbose)
-            })
-            .await
+            let mut response = self
+                .blocking("PodSandboxStatus", move |s| {
+                    s.status(&request.pod_sandbox_id, request.verbose)
+                })
+                .await?;
+            // kubelet's Evented PLEG takes the pod's container statuses from here (a response
+            // with a timestamp), so they must be the pod's, not an empty list.
+            if let Some(status) = &response.status {
+                response.containers_statuses = self.containers.statuses_of_pod(&status.id);
+            }
+            Ok(response)
         })
         .await
     }

@@ -806,6 +806,7 @@ impl Sandboxes {
         Ok(cri::PodSandboxStatusResponse {
             status: Some(cri_status(&record)),
             info,
+            // The service adds the container statuses, which the sandboxes do not know.
             containers_statuses: Vec::new(),
             timestamp: now_ns(),
         })

@@ -688,6 +688,31 @@ async fn lifecycle(ctx: Ctx) -> Result<()> {
         ensure_eq!(listed[0].pod_sandbox_id, pod, "listed pod");
         if s.target == Target::Bungeo {
             ensure_eq!(listed[0].image_id, image_id, "listed image_id");
+            // Evented PLEG reads the pod's containers from PodSandboxStatus (containerd 1.6
+            // predates the field and leaves it empty).
+            let pod_status = s
+                .cri
+                .runtime
+                .pod_sandbox_status(k8s_cri::v1::PodSandboxStatusRequest {
+                    pod_sandbox_id: pod.clone(),
+                    verbose: false,
+                })
+                .await?
+                .into_inner();
+            let in_pod: Vec<(String, i32)> = pod_status
+                .containers_statuses
+                .iter()
+                .map(|c| (c.id.clone(), c.state))
+                .collect();
+            ensure_eq!(
+                in_pod,
+                vec![(id.clone(), ContainerState::ContainerRunning as i32)],
+                "containers_statuses of PodSandboxStatus"
+            );
+            ensure!(
+                pod_status.timestamp > 0,
+                "PodSandboxStatus without a timestamp"
+            );
         }
         for (what, filter, want) in [
             (

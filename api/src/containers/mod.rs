@@ -465,13 +465,27 @@ impl Containers {
     /// The statuses of the containers of pod sandbox `sandbox_id` (a full id), oldest first:
     /// what a container event carries.
     pub fn statuses_of_pod(&self, sandbox_id: &str) -> Vec<cri::ContainerStatus> {
-        let mut records: Vec<ContainerRecord> = self
-            .snapshots()
-            .into_iter()
-            .filter(|r| r.sandbox_id == sandbox_id && r.phase != ContainerPhase::Creating)
+        self.collect_sorted(|r| {
+            (r.sandbox_id == sandbox_id && r.phase != ContainerPhase::Creating)
+                .then(|| record::cri_status(r))
+        })
+    }
+
+    /// What `convert` makes of each record it accepts, oldest container first. Records are
+    /// read in place, not cloned: ListContainers runs every second on every node, and a
+    /// record carries the whole container config.
+    fn collect_sorted<T>(&self, convert: impl Fn(&ContainerRecord) -> Option<T>) -> Vec<T> {
+        let entries: Vec<Arc<Entry>> = lock(&self.index).entries.values().cloned().collect();
+        let mut out: Vec<(i64, String, T)> = entries
+            .iter()
+            .filter_map(|e| {
+                let guard = lock(&e.record);
+                let r = guard.as_ref()?;
+                convert(r).map(|t| (r.created_at, r.id.clone(), t))
+            })
             .collect();
-        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        records.iter().map(record::cri_status).collect()
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        out.into_iter().map(|(_, _, t)| t).collect()
     }
 
     /// The container event hub.
@@ -481,14 +495,7 @@ impl Containers {
 
     /// ListContainers, oldest first.
     pub fn list(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
-        let entries: Vec<Arc<Entry>> = lock(&self.index).entries.values().cloned().collect();
-        let mut records: Vec<ContainerRecord> = entries
-            .iter()
-            .filter_map(|e| e.snapshot())
-            .filter(|r| record::matches(filter, r))
-            .collect();
-        records.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        records.iter().map(record::cri_container).collect()
+        self.collect_sorted(|r| record::matches(filter, r).then(|| record::cri_container(r)))
     }
 
     /// The containers of pod sandbox `sandbox_id` (a full id).
