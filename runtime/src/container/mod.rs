@@ -517,6 +517,23 @@ mod tests {
         std::fs::read_to_string(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
     }
 
+    /// `start` returns once the init is released; its execve follows a moment later.
+    fn wait_until_exec(pid: i32, cmdline: &str) {
+        let path = format!("/proc/{pid}/cmdline");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = std::fs::read_to_string(&path).unwrap_or_default();
+            if now == cmdline {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} did not exec {cmdline:?}: {now:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn create_start_wait_shows_the_settings_inside() {
         if !can_run() {
@@ -596,6 +613,7 @@ mod tests {
         );
         c.start().unwrap();
         assert_eq!(c.status(), Status::Running);
+        wait_until_exec(c.pid(), "sleep\x00100\x00");
         // The test process ignores SIGPIPE (Rust's runtime does); the container must not.
         let status = read(Path::new(&format!("/proc/{}/status", c.pid())));
         assert!(status.contains("SigIgn:\t0000000000000000"), "{status}");
