@@ -739,7 +739,7 @@ mod tests {
             &[
                 "sh",
                 "-c",
-                "grep Seccomp: /proc/self/status > /out/s; mkdir /out/d 2> /out/e; sleep 100",
+                "grep Seccomp: /proc/self/status > /out/s; mkdir /out/d 2> /out/e; touch /out/done; sleep 100",
             ],
             |s| {
                 s["process"]["noNewPrivileges"] = false.into();
@@ -751,11 +751,14 @@ mod tests {
         );
         let mut c = Container::create(&opts(&b, &id)).unwrap();
         c.start().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !b.out.join("e").exists() && Instant::now() < deadline {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !b.out.join("done").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the container script did not finish"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        std::thread::sleep(Duration::from_millis(50));
         assert_eq!(read(&b.out.join("s")).trim(), "Seccomp:\t2");
         assert!(read(&b.out.join("e")).contains("Operation not permitted"));
         assert!(!b.out.join("d").exists());
