@@ -145,7 +145,10 @@ impl Channel {
                 break (r as usize).clamp(1, MAX_MSG);
             }
             match Errno::last() {
-                Errno::EINTR => continue,
+                // The peer closed with one of our messages unread (a child that failed while
+                // we sent it `Go`). The kernel reports that once, ahead of what the peer sent
+                // before it closed: read on, for its last words or the end of file.
+                Errno::EINTR | Errno::ECONNRESET => continue,
                 e => return Err(Error::sys("receive on the container sync channel", e)),
             }
         };
@@ -161,7 +164,7 @@ impl Channel {
                 return Ok(None);
             }
             match Errno::last() {
-                Errno::EINTR => continue,
+                Errno::EINTR | Errno::ECONNRESET => continue,
                 e => return Err(Error::sys("receive on the container sync channel", e)),
             }
         }
@@ -213,5 +216,19 @@ mod tests {
         drop(b);
         assert_eq!(a.recv().unwrap(), None);
         assert!(Msg::decode(b"P12").is_err());
+    }
+
+    /// A child that fails while the parent sends it `Go` closes with `Go` unread; its error
+    /// still reaches the parent (the kernel reports ECONNRESET first, once).
+    #[test]
+    fn the_last_words_of_a_peer_that_closed_with_unread_messages_arrive() {
+        let (parent, child) = pair().unwrap();
+        child.send(&Msg::Error("mount proc failed".into())).unwrap();
+        parent.send(&Msg::Go).unwrap();
+        drop(child);
+        let e = parent.expect(&Msg::Ready, "during setup").unwrap_err();
+        assert_eq!(e.to_string(), "mount proc failed");
+        assert_eq!(parent.recv().unwrap(), None);
+        assert_eq!(parent.try_recv().unwrap(), None);
     }
 }

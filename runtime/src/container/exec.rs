@@ -98,13 +98,21 @@ pub(crate) fn exec(c: &Container, opts: &ExecOptions) -> Result<i32> {
     let mut pids = Vec::new();
     let res = (|| -> Result<i32> {
         let pid = spawn(&plan, &parent_ch, child_ch, &[], &[], &mut pids)?;
-        if parent_moves_child {
-            cg.add_task(pid)?;
-        }
-        if let Some(adj) = opts.process.oom_score_adj() {
-            process_settings::set_oom_score_adj(pid, adj)?;
-        }
-        parent_ch.send(&Msg::Go)?;
+        (|| -> Result<()> {
+            if parent_moves_child {
+                cg.add_task(pid)?;
+            }
+            if let Some(adj) = opts.process.oom_score_adj() {
+                process_settings::set_oom_score_adj(pid, adj)?;
+            }
+            parent_ch.send(&Msg::Go)
+        })()
+        // A child that failed (joining its cgroup, say) and exited makes these fail too; its
+        // own message says why better.
+        .map_err(|ours| match parent_ch.try_recv() {
+            Ok(Some(Msg::Error(msg))) => Error::Child(msg),
+            _ => ours,
+        })?;
         // The child closes its end by exec'ing (CLOEXEC): EOF means success.
         match parent_ch.recv()? {
             None => Ok(pid),
