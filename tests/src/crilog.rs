@@ -132,6 +132,58 @@ pub fn for_each_line(
     Ok(records)
 }
 
+/// One record of a CRI log, owned: (time, stream, tag, content).
+pub type LogLine = (String, String, String, String);
+
+/// The records of a small CRI log file (none if it does not exist yet), each checked for the
+/// format; a last line still being written is kept as it is.
+pub fn read_log(path: &Path) -> Result<Vec<LogLine>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let mut out = Vec::new();
+    for line in text.split_terminator('\n') {
+        let mut f = line.splitn(4, ' ');
+        let (ts, stream, tag) = (
+            f.next().unwrap_or_default(),
+            f.next().unwrap_or_default(),
+            f.next().unwrap_or_default(),
+        );
+        let content = f.next().unwrap_or_default();
+        ensure!(is_rfc3339_nano(ts), "log line {line:?}: bad timestamp");
+        ensure!(
+            stream == "stdout" || stream == "stderr",
+            "log line {line:?}: bad stream"
+        );
+        ensure!(tag == "F" || tag == "P", "log line {line:?}: bad tag");
+        out.push((
+            ts.to_string(),
+            stream.to_string(),
+            tag.to_string(),
+            content.to_string(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The full lines of one stream of `log`, partial chunks joined.
+pub fn stream_lines(log: &[LogLine], stream: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut partial = String::new();
+    for (_, s, tag, content) in log {
+        if s != stream {
+            continue;
+        }
+        partial.push_str(content);
+        if tag == "F" {
+            out.push(std::mem::take(&mut partial));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +209,27 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn reads_small_logs_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        assert!(read_log(&path).unwrap().is_empty());
+        let t = "2024-01-02T03:04:05.000000001Z";
+        std::fs::write(
+            &path,
+            format!("{t} stdout P a\n{t} stderr F e\n{t} stdout F b\n{t} stdout F \n"),
+        )
+        .unwrap();
+        let log = read_log(&path).unwrap();
+        assert_eq!(log.len(), 4);
+        assert_eq!(stream_lines(&log, "stdout"), vec!["ab", ""]);
+        assert_eq!(stream_lines(&log, "stderr"), vec!["e"]);
+        std::fs::write(&path, format!("{t} stdin F x\n")).unwrap();
+        assert!(read_log(&path).is_err());
+        std::fs::write(&path, "yesterday stdout F x\n").unwrap();
+        assert!(read_log(&path).is_err());
     }
 
     #[test]

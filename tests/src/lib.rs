@@ -2,6 +2,7 @@
 //! busybox-static, the daemons under test (bungeo and containerd as the reference), a CRI
 //! client, and a runner for differential suites.
 
+pub mod benchkit;
 pub mod bundle;
 pub mod bungeo;
 pub mod containerd;
@@ -18,6 +19,7 @@ pub mod process;
 pub mod procstat;
 pub mod registry;
 pub mod registryhosts;
+pub mod scene;
 pub mod streaming;
 pub mod suite;
 pub mod workload;

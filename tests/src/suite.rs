@@ -237,6 +237,16 @@ pub struct Check {
     pub only: Option<Target>,
 }
 
+/// `ensure_eq!(got, want, "what {}", x)`: fails with what was compared, what came and what
+/// was wanted.
+#[macro_export]
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($what:tt)+) => {{
+        let (l, r) = (&$left, &$right);
+        ::anyhow::ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
+    }};
+}
+
 /// `check!(fn_name)` or `check!(fn_name, only = Target::Bungeo)`.
 #[macro_export]
 macro_rules! check {

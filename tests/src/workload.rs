@@ -8,10 +8,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ContainerStatusRequest, CreateContainerRequest,
-    ExecSyncRequest, ExecSyncResponse, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest,
+    ExecSyncResponse, ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig,
     PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
@@ -21,6 +19,7 @@ use crate::cri::Cri;
 use crate::images::{self, Catalog, PLAIN, Pusher};
 use crate::registry::Registry;
 use crate::registryhosts::RegistryHosts;
+use crate::scene::{self, strings};
 
 /// A docker-registry holding the busybox test image.
 pub struct BusyboxRegistry {
@@ -82,19 +81,7 @@ pub fn pod_config(namespace: &str, name: &str, cgroup_parent: &str) -> PodSandbo
         hostname: name.to_string(),
         log_directory: String::new(),
         labels: HashMap::from([("suite".to_string(), namespace.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.to_string(),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(scene::pod_linux(cgroup_parent)),
         ..Default::default()
     }
 }
@@ -103,29 +90,8 @@ pub fn pod_config(namespace: &str, name: &str, cgroup_parent: &str) -> PodSandbo
 /// directory (if the pod has one), unprivileged, in the pod's network and IPC namespaces.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+        ..scene::container(name, image, command)
     }
 }
 
@@ -258,7 +224,7 @@ pub async fn exec_sync(cri: &mut Cri, id: &str, cmd: &[&str]) -> Result<ExecSync
         .runtime
         .exec_sync(ExecSyncRequest {
             container_id: id.to_string(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            cmd: strings(cmd),
             timeout: 30,
         })
         .await

@@ -28,12 +28,12 @@ use bungeo_tests::mounts::mounts_under;
 use bungeo_tests::net::{self, TestNetwork};
 use bungeo_tests::registry::Registry;
 use bungeo_tests::registryhosts::{RegistryHosts, toml_string};
+use bungeo_tests::scene::{pod_linux, strings};
+use bungeo_tests::workload::{self, container_config};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatsRequest,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStatsRequest,
+    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ListContainerStatsRequest,
+    ListContainersRequest, ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata,
     PodSandboxState, PodSandboxStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
     RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
@@ -134,10 +134,6 @@ impl Env {
     fn block<F: Future<Output = Result<()>>>(&self, f: F) -> Result<()> {
         self.rt.block_on(f)
     }
-}
-
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
 }
 
 fn alive(pid: i32) -> bool {
@@ -253,19 +249,7 @@ impl Node {
             hostname: name.chars().take(63).collect(),
             log_directory: log_directory.to_string_lossy().into_owned(),
             labels: HashMap::from([("chaos".to_string(), role.to_string())]),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Pod as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
+            linux: Some(pod_linux(&self.cgroup_parent)),
             ..Default::default()
         }
     }
@@ -542,34 +526,6 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.tear_down();
-    }
-}
-
-fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: strings(command),
-        log_path: format!("{name}.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }
 
@@ -876,19 +832,7 @@ async fn reaper(shared: Arc<Shared>, slot: usize, mut cri: Cri, pod: String, id:
 }
 
 async fn container_pid(cri: &mut Cri, id: &str) -> Result<i32> {
-    let status = cri
-        .runtime
-        .container_status(ContainerStatusRequest {
-            container_id: id.to_string(),
-            verbose: true,
-        })
-        .await?
-        .into_inner();
-    let info: serde_json::Value =
-        serde_json::from_str(status.info.get("info").context("no verbose info")?)?;
-    let pid = info["pid"].as_i64().context("no pid")? as i32;
-    ensure!(pid > 0, "pid {pid}");
-    Ok(pid)
+    Ok(workload::container_pid(cri, id).await? as i32)
 }
 
 async fn container_state(cri: &mut Cri, id: &str) -> Result<k8s_cri::v1::ContainerStatus> {

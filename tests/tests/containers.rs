@@ -10,24 +10,23 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use bungeo_tests::bungeo::Bungeo;
-use bungeo_tests::check;
 use bungeo_tests::cri::{Cri, Target};
-use bungeo_tests::images::{ENTRYPOINT, ImageName, PLAIN, USER_NAME, USER_UID, ZSTD};
+use bungeo_tests::crilog::{read_log, stream_lines};
+use bungeo_tests::images::{ENTRYPOINT, PLAIN, USER_NAME, USER_UID, ZSTD};
 use bungeo_tests::leftovers;
+use bungeo_tests::scene::{self, Layout, Scene, WAIT, now_ns, security, strings};
 use bungeo_tests::suite::{Ctx, run_suite};
+use bungeo_tests::workload;
+use bungeo_tests::{check, ensure_eq};
 use k8s_cri::v1::{
-    Container, ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState,
-    ContainerStateValue, ContainerStatus, ContainerStatusRequest, CreateContainerRequest,
-    ExecSyncRequest, ExecSyncResponse, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, ListPodSandboxRequest, Mount,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStateValue, CreateContainerRequest,
+    Int64Value, KeyValue, LinuxContainerResources, ListPodSandboxRequest, Mount, NamespaceMode,
+    PodSandboxConfig, PodSandboxFilter, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
     UpdateContainerResourcesRequest,
 };
 use tonic::Code;
@@ -58,503 +57,20 @@ fn main() {
     ])
 }
 
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
-}
-
 /// The Kubernetes namespace of every test pod.
 const POD_NAMESPACE: &str = "bungeo-e2e-containers";
 /// The first component of every test pod's cgroup parent.
 const CGROUP_ROOT: &str = "bungeo-e2e-containers";
-/// How long a container may take to get to where a check waits for it.
-const WAIT: Duration = Duration::from_secs(30);
+const LAYOUT: Layout = Layout {
+    namespace: POD_NAMESPACE,
+    cgroup_root: CGROUP_ROOT,
+};
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
-
-/// A container of `image` running `command` (none: the image's), logging to `<name>/0.log`
-/// in its pod's log directory, in the pod's network and IPC and a PID namespace of its own,
-/// as kubelet asks.
+/// [`scene::container`] labelled `container=<name>`, for the checks that filter on labels.
 fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: strings(command),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("container".to_string(), name.to_string())]),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    let mut config = scene::container(name, image, command);
+    config.labels = HashMap::from([("container".to_string(), name.to_string())]);
     config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
-/// One line of a CRI log: (timestamp, stream, tag, content).
-type LogLine = (String, String, String, String);
-
-/// Whether `s` is an RFC 3339 time with an optional fraction of up to 9 digits.
-fn is_rfc3339_nano(s: &str) -> bool {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return false;
-    }
-    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
-    let shape = digits(0..4)
-        && b[4] == b'-'
-        && digits(5..7)
-        && b[7] == b'-'
-        && digits(8..10)
-        && b[10] == b'T'
-        && digits(11..13)
-        && b[13] == b':'
-        && digits(14..16)
-        && b[16] == b':'
-        && digits(17..19);
-    if !shape {
-        return false;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 || n > 9 {
-            return false;
-        }
-        rest = &frac[n..];
-    }
-    rest == "Z"
-        || (rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && rest.as_bytes()[3] == b':')
-}
-
-/// The records of a CRI log file, each checked for the format.
-fn read_log(path: &Path) -> Result<Vec<LogLine>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    let mut out = Vec::new();
-    for line in text.split_terminator('\n') {
-        let mut f = line.splitn(4, ' ');
-        let (ts, stream, tag) = (
-            f.next().unwrap_or_default(),
-            f.next().unwrap_or_default(),
-            f.next().unwrap_or_default(),
-        );
-        let content = f.next().unwrap_or_default();
-        ensure!(is_rfc3339_nano(ts), "log line {line:?}: bad timestamp");
-        ensure!(
-            stream == "stdout" || stream == "stderr",
-            "log line {line:?}: bad stream"
-        );
-        ensure!(tag == "F" || tag == "P", "log line {line:?}: bad tag");
-        out.push((
-            ts.to_string(),
-            stream.to_string(),
-            tag.to_string(),
-            content.to_string(),
-        ));
-    }
-    Ok(out)
-}
-
-/// The full lines of one stream, partial chunks joined.
-fn stream_lines(log: &[LogLine], stream: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut partial = String::new();
-    for (_, s, tag, content) in log {
-        if s != stream {
-            continue;
-        }
-        partial.push_str(content);
-        if tag == "F" {
-            out.push(std::mem::take(&mut partial));
-        }
-    }
-    out
-}
-
-/// A check's pods, log directory, host directories and cgroup parent, all removed at its end.
-struct Scene {
-    cri: Cri,
-    target: Target,
-    /// `<check>-<target>`: unique among the checks running on one daemon.
-    unique: String,
-    logs: tempfile::TempDir,
-    /// Sandbox configs by pod id (CreateContainer sends its pod's config, as kubelet does).
-    pods: Vec<(String, PodSandboxConfig)>,
-    /// Log paths by container id.
-    log_paths: HashMap<String, PathBuf>,
-}
-
-impl Scene {
-    fn new(ctx: &Ctx, cri: Cri, check: &str) -> Result<Scene> {
-        let logs = tempfile::Builder::new()
-            .prefix("bungeo-e2e-logs-")
-            .tempdir()
-            .context("create the pod log directory")?;
-        Ok(Scene {
-            cri,
-            target: ctx.target,
-            unique: ctx.unique(check),
-            logs,
-            pods: Vec::new(),
-            log_paths: HashMap::new(),
-        })
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.unique)
-    }
-
-    fn pod_config(&self, name: &str) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: format!("{}-{name}", self.unique),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.logs.path().join(name).to_string_lossy().into_owned(),
-            labels: HashMap::from([("check".to_string(), self.unique.clone())]),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Pod as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// RunPodSandbox of a pod named `name`.
-    async fn pod(&mut self, name: &str) -> Result<String> {
-        let config = self.pod_config(name);
-        std::fs::create_dir_all(&config.log_directory)?;
-        let id = self
-            .cri
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("RunPodSandbox {name}"))?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push((id.clone(), config));
-        Ok(id)
-    }
-
-    /// The reference of a test image, pulled.
-    async fn image(&mut self, ctx: &Ctx, name: ImageName) -> Result<String> {
-        let reference = ctx.fx.reference(name);
-        self.cri
-            .pull(&reference, None)
-            .await
-            .with_context(|| format!("pull {reference}"))?;
-        Ok(reference)
-    }
-
-    fn sandbox_config(&self, pod: &str) -> Result<PodSandboxConfig> {
-        self.pods
-            .iter()
-            .find(|(id, _)| id == pod)
-            .map(|(_, c)| c.clone())
-            .context("not a pod of this check")
-    }
-
-    async fn try_create(
-        &mut self,
-        pod: &str,
-        config: ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let sandbox = self
-            .sandbox_config(pod)
-            .map_err(|e| tonic::Status::internal(e.to_string()))?;
-        let log = Path::new(&sandbox.log_directory).join(&config.log_path);
-        if let Some(dir) = log.parent() {
-            // kubelet makes the container's log directory.
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let id = self
-            .cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_string(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        self.log_paths.insert(id.clone(), log);
-        Ok(id)
-    }
-
-    async fn create(&mut self, pod: &str, config: ContainerConfig) -> Result<String> {
-        let name = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        self.try_create(pod, config)
-            .await
-            .with_context(|| format!("CreateContainer {name}"))
-    }
-
-    async fn start(&mut self, id: &str) -> Result<()> {
-        self.cri
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {id}"))?;
-        Ok(())
-    }
-
-    /// CreateContainer then StartContainer.
-    async fn run(&mut self, pod: &str, config: ContainerConfig) -> Result<String> {
-        let id = self.create(pod, config).await?;
-        self.start(&id).await?;
-        Ok(id)
-    }
-
-    async fn stop(&mut self, id: &str, timeout: i64) -> Result<(), tonic::Status> {
-        self.cri
-            .runtime
-            .stop_container(StopContainerRequest {
-                container_id: id.to_string(),
-                timeout,
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn remove(&mut self, id: &str) -> Result<(), tonic::Status> {
-        self.cri
-            .runtime
-            .remove_container(RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn status_full(
-        &mut self,
-        id: &str,
-        verbose: bool,
-    ) -> Result<(ContainerStatus, HashMap<String, String>), tonic::Status> {
-        let r = self
-            .cri
-            .runtime
-            .container_status(ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose,
-            })
-            .await?
-            .into_inner();
-        let status = r
-            .status
-            .ok_or_else(|| tonic::Status::internal("ContainerStatus without status"))?;
-        Ok((status, r.info))
-    }
-
-    async fn status(&mut self, id: &str) -> Result<ContainerStatus> {
-        Ok(self
-            .status_full(id, false)
-            .await
-            .with_context(|| format!("ContainerStatus {id}"))?
-            .0)
-    }
-
-    /// The verbose info document (`info["info"]`).
-    async fn info(&mut self, id: &str) -> Result<serde_json::Value> {
-        let (_, info) = self
-            .status_full(id, true)
-            .await
-            .with_context(|| format!("ContainerStatus {id} (verbose)"))?;
-        let text = info
-            .get("info")
-            .context("no info[\"info\"] in verbose status")?;
-        serde_json::from_str(text).context("info[\"info\"] is not JSON")
-    }
-
-    /// The container's init pid from the verbose info.
-    async fn pid(&mut self, id: &str) -> Result<i32> {
-        let info = self.info(id).await?;
-        let pid = info["pid"].as_i64().context("no pid in the verbose info")?;
-        ensure!(pid > 0, "pid {pid}");
-        Ok(pid as i32)
-    }
-
-    async fn list(&mut self, filter: ContainerFilter) -> Result<Vec<Container>> {
-        Ok(self
-            .cri
-            .runtime
-            .list_containers(ListContainersRequest {
-                filter: Some(filter),
-            })
-            .await
-            .context("ListContainers")?
-            .into_inner()
-            .containers)
-    }
-
-    async fn listed_ids(&mut self, filter: ContainerFilter) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = self.list(filter).await?.into_iter().map(|c| c.id).collect();
-        ids.sort();
-        Ok(ids)
-    }
-
-    /// Waits for the container to exit; its status then.
-    async fn exited(&mut self, id: &str) -> Result<ContainerStatus> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let status = self.status(id).await?;
-            if status.state() == ContainerState::ContainerExited {
-                return Ok(status);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "container {id} still {:?} after {WAIT:?}",
-                status.state()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The container's log, once `done` holds for it (logs are written as they come).
-    async fn log_when(&self, id: &str, done: impl Fn(&[LogLine]) -> bool) -> Result<Vec<LogLine>> {
-        let path = self.log_paths.get(id).context("no log path")?;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let log = read_log(path)?;
-            if done(&log) {
-                return Ok(log);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "log {} after {WAIT:?}: {log:?}",
-                path.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The stdout lines of the container's log, once it has at least `n`.
-    async fn stdout(&self, id: &str, n: usize) -> Result<Vec<String>> {
-        let log = self
-            .log_when(id, |l| stream_lines(l, "stdout").len() >= n)
-            .await?;
-        Ok(stream_lines(&log, "stdout"))
-    }
-
-    async fn exec(
-        &mut self,
-        id: &str,
-        cmd: &[&str],
-        timeout: i64,
-    ) -> Result<ExecSyncResponse, tonic::Status> {
-        Ok(self
-            .cri
-            .runtime
-            .exec_sync(ExecSyncRequest {
-                container_id: id.to_string(),
-                cmd: strings(cmd),
-                timeout,
-            })
-            .await?
-            .into_inner())
-    }
-
-    /// Removes every pod (and so every container) made, and the cgroup parent.
-    async fn finish(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (id, _) in std::mem::take(&mut self.pods) {
-            let stopped = self
-                .cri
-                .runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let removed = self
-                .cri
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            // A check may have removed the pod itself (containerd then says NotFound).
-            let gone_is_fine = |r: Result<(), tonic::Status>| match r {
-                Err(e) if e.code() == Code::NotFound => Ok(()),
-                other => other,
-            };
-            let stopped = gone_is_fine(stopped.map(drop));
-            let removed = gone_is_fine(removed.map(drop));
-            if let Err(e) = stopped.and(removed)
-                && first.is_ok()
-            {
-                first = Err(anyhow::anyhow!("cleanup: remove pod {id}: {e}"));
-            }
-        }
-        let parent = self.cgroup_parent();
-        tokio::task::spawn_blocking(move || {
-            leftovers::remove_cgroup_tree(&parent);
-            // Other checks may still use the shared root: then it stays for them.
-            for hierarchy in leftovers::cgroup_hierarchies() {
-                let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-            }
-        })
-        .await?;
-        first
-    }
 }
 
 /// Runs `body` in a fresh scene on the check's daemon, then tears the scene down; the body's
@@ -563,10 +79,7 @@ async fn with_scene<F>(ctx: &Ctx, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
-    let mut scene = Scene::new(ctx, ctx.cri.clone(), check)?;
-    let result = body(&mut scene).await;
-    let cleanup = scene.finish().await;
-    result.and(cleanup)
+    scene::with_scene(ctx, LAYOUT, check, body).await
 }
 
 fn alive(pid: i32) -> bool {
@@ -1362,23 +875,6 @@ async fn start_pod(
     (sandbox, Some(pod), container)
 }
 
-/// StopPodSandbox then RemovePodSandbox on a client of its own.
-async fn remove_pod(mut cri: Cri, pod: String) -> Result<()> {
-    cri.runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .with_context(|| format!("StopPodSandbox {pod}"))?;
-    cri.runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .with_context(|| format!("RemovePodSandbox {pod}"))?;
-    Ok(())
-}
-
 fn parent_pid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rfind(')')
@@ -1434,7 +930,10 @@ async fn many_pods(ctx: Ctx) -> Result<()> {
 
         let removals = pods
             .iter()
-            .map(|pod| remove_pod(s.cri.clone(), pod.clone()))
+            .map(|pod| {
+                let (mut cri, pod) = (s.cri.clone(), pod.clone());
+                async move { workload::remove_pod(&mut cri, &pod).await }
+            })
             .collect();
         for removed in bounded(removals).await? {
             removed?;
@@ -1902,7 +1401,7 @@ async fn unknown_ids(ctx: Ctx) -> Result<()> {
 async fn restart_recovery(ctx: Ctx) -> Result<()> {
     let mut daemon = Bungeo::start(&ctx.fx.hosts).await?;
     let cri = Cri::connect(daemon.socket()).await?;
-    let mut scene = Scene::new(&ctx, cri, "restart")?;
+    let mut scene = Scene::for_check(&ctx, cri, "restart", LAYOUT)?;
     let result = restart_body(&ctx, &mut daemon, &mut scene).await;
     if daemon.pid().is_none() {
         // A failure while it was down: bring it back to clean up.

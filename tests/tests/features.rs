@@ -6,26 +6,21 @@
 //! containerd 1.6 has none of these CRI fields: each check says what it does there and asserts
 //! containerd's own behaviour where it has one (so a difference is documented, not hidden).
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use bungeo_tests::check;
-use bungeo_tests::cri::{Cri, Target, basic_auth};
+use bungeo_tests::cri::{Target, basic_auth};
 use bungeo_tests::images::{PLAIN, USER_GROUPS};
-use bungeo_tests::leftovers;
+use bungeo_tests::scene::{self, Layout, WAIT, pod_namespaces, pod_security, security, strings};
 use bungeo_tests::suite::{AUTH_PASSWORD, AUTH_REPO_PREFIX, AUTH_USER, Ctx, run_suite};
+use bungeo_tests::{check, ensure_eq};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStatus,
-    ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, IdMapping, ImageSpec,
-    Int64Value, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainersRequest, Mount, MountPropagation, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest, SupplementalGroupsPolicy,
-    UserNamespace,
+    ContainerConfig, ContainerFilter, ContainerState, ContainerStatusRequest, ExecSyncRequest,
+    IdMapping, Int64Value, ListContainersRequest, Mount, MountPropagation, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, SupplementalGroupsPolicy, UserNamespace,
 };
 use tonic::Code;
 
@@ -40,18 +35,10 @@ fn main() {
     ])
 }
 
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
-}
-
 const POD_NAMESPACE: &str = "bungeo-e2e-features";
 // Pods use the node's network: none of these features involves the pod network, and the
 // checks then need no CNI setup on either daemon.
 const CGROUP_ROOT: &str = "bungeo-e2e-features";
-const WAIT: Duration = Duration::from_secs(30);
 
 /// A tmpfs with a tmpfs mounted inside it, in a temp dir; both unmounted on drop.
 struct NestedTmpfs {
@@ -239,194 +226,46 @@ async fn advertised_features(ctx: Ctx) -> Result<()> {
     Ok(())
 }
 
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
+const LAYOUT: Layout = Layout {
+    namespace: POD_NAMESPACE,
+    cgroup_root: CGROUP_ROOT,
+};
 
-fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.to_string(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.to_string(),
-            ..Default::default()
-        }),
-        command: strings(command),
-        log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
+/// [`pod_namespaces`] but on the node's network.
+fn node_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Node as i32,
+        ..pod_namespaces()
     }
 }
 
-fn security(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+/// [`scene::container`] in [`node_namespaces`].
+fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    let mut config = scene::container(name, image, command);
+    security(&mut config).namespace_options = Some(node_namespaces());
     config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
 }
 
-/// A check's pods, log directory and cgroup parent, removed at its end.
-struct Scene {
-    cri: Cri,
-    unique: String,
-    logs: tempfile::TempDir,
-    pods: Vec<(String, PodSandboxConfig)>,
-    log_paths: HashMap<String, PathBuf>,
-}
+/// A check's pods, log directory and cgroup parent, removed at its end: a [`scene::Scene`]
+/// whose pods use the node's network.
+struct Scene(scene::Scene);
+
+bungeo_tests::wraps_scene!(Scene, 0);
 
 impl Scene {
-    fn new(ctx: &Ctx, check: &str) -> Result<Scene> {
-        Ok(Scene {
-            cri: ctx.cri.clone(),
-            unique: ctx.unique(check),
-            logs: tempfile::Builder::new()
-                .prefix("bungeo-e2e-logs-")
-                .tempdir()
-                .context("log dir")?,
-            pods: Vec::new(),
-            log_paths: HashMap::new(),
-        })
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.unique)
-    }
-
+    /// [`scene::Scene::pod_config`] in [`node_namespaces`], unlabelled.
     fn pod_config(&self, name: &str) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: format!("{}-{name}", self.unique),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            // Host network: the node's hostname, as kubelet asks (runc refuses one).
-            hostname: String::new(),
-            log_directory: self.logs.path().join(name).to_string_lossy().into_owned(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    async fn run_pod(&mut self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-        let _ = std::fs::create_dir_all(&config.log_directory);
-        let id = self
-            .cri
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push((id.clone(), config));
-        Ok(id)
+        let mut config = self.0.pod_config(name);
+        // Host network: the node's hostname, as kubelet asks (runc refuses one).
+        config.hostname = String::new();
+        config.labels.clear();
+        pod_security(&mut config).namespace_options = Some(node_namespaces());
+        config
     }
 
     async fn pod(&mut self, name: &str) -> Result<String> {
         let config = self.pod_config(name);
-        self.run_pod(config)
-            .await
-            .with_context(|| format!("RunPodSandbox {name}"))
-    }
-
-    async fn try_create(
-        &mut self,
-        pod: &str,
-        config: ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        let sandbox = self
-            .pods
-            .iter()
-            .find(|(id, _)| id == pod)
-            .map(|(_, c)| c.clone())
-            .ok_or_else(|| tonic::Status::internal("not a pod of this check"))?;
-        let log = Path::new(&sandbox.log_directory).join(&config.log_path);
-        if let Some(dir) = log.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let id = self
-            .cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_string(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        self.log_paths.insert(id.clone(), log);
-        Ok(id)
-    }
-
-    async fn run(&mut self, pod: &str, config: ContainerConfig) -> Result<String> {
-        let name = config.metadata.clone().unwrap_or_default().name;
-        let id = self
-            .try_create(pod, config)
-            .await
-            .with_context(|| format!("CreateContainer {name}"))?;
-        self.cri
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {name}"))?;
-        Ok(id)
-    }
-
-    async fn status(&mut self, id: &str) -> Result<ContainerStatus> {
-        self.cri
-            .runtime
-            .container_status(ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: false,
-            })
-            .await
-            .with_context(|| format!("ContainerStatus {id}"))?
-            .into_inner()
-            .status
-            .context("ContainerStatus without status")
-    }
-
-    async fn exited(&mut self, id: &str) -> Result<ContainerStatus> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let st = self.status(id).await?;
-            if st.state() == ContainerState::ContainerExited {
-                return Ok(st);
-            }
-            ensure!(Instant::now() < deadline, "container {id} did not exit");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.0.run_pod(config).await
     }
 
     /// The container's output (both streams, in order), once it has exited.
@@ -443,56 +282,12 @@ impl Scene {
 
     async fn containers_in(&mut self, pod: &str) -> Result<usize> {
         Ok(self
-            .cri
-            .runtime
-            .list_containers(ListContainersRequest {
-                filter: Some(ContainerFilter {
-                    pod_sandbox_id: pod.to_string(),
-                    ..Default::default()
-                }),
+            .list(ContainerFilter {
+                pod_sandbox_id: pod.to_string(),
+                ..Default::default()
             })
             .await?
-            .into_inner()
-            .containers
             .len())
-    }
-
-    async fn finish(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (id, _) in std::mem::take(&mut self.pods) {
-            let stopped = self
-                .cri
-                .runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let removed = self
-                .cri
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let gone_is_fine = |r: Result<(), tonic::Status>| match r {
-                Err(e) if e.code() == Code::NotFound => Ok(()),
-                other => other,
-            };
-            if let Err(e) = gone_is_fine(stopped.map(drop)).and(gone_is_fine(removed.map(drop)))
-                && first.is_ok()
-            {
-                first = Err(anyhow::anyhow!("cleanup: remove pod {id}: {e}"));
-            }
-        }
-        let parent = self.cgroup_parent();
-        tokio::task::spawn_blocking(move || {
-            leftovers::remove_cgroup_tree(&parent);
-            for hierarchy in leftovers::cgroup_hierarchies() {
-                let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-            }
-        })
-        .await?;
-        first
     }
 }
 
@@ -500,10 +295,8 @@ async fn with_scene<F>(ctx: &Ctx, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
-    let mut scene = Scene::new(ctx, check)?;
-    let result = body(&mut scene).await;
-    let cleanup = scene.finish().await;
-    result.and(cleanup)
+    let base = scene::Scene::for_check(ctx, ctx.cri.clone(), check, LAYOUT)?;
+    scene::run_in(Scene(base), body).await
 }
 
 fn volume(host: &Path, readonly: bool, recursive: bool) -> Mount {
@@ -804,7 +597,7 @@ async fn user_namespace_options(ctx: Ctx) -> Result<()> {
         // Mode NODE is the host's user namespace: an ordinary pod on both daemons.
         let mut config = s.pod_config("userns-node");
         set_userns(&mut config, userns(NamespaceMode::Node, vec![]));
-        s.run_pod(config).await.context("mode NODE")?;
+        s.try_run_pod(config).await.context("mode NODE")?;
         if ctx.target == Target::Containerd {
             // containerd 1.6 does not read userns_options.
             return Ok(());
@@ -834,7 +627,7 @@ async fn user_namespace_options(ctx: Ctx) -> Result<()> {
         for (name, options) in cases {
             let mut config = s.pod_config(name);
             set_userns(&mut config, options);
-            match s.run_pod(config).await {
+            match s.try_run_pod(config).await {
                 Err(e) if e.code() == Code::InvalidArgument => {
                     ensure!(e.message().contains("userns_options"), "{name}: {e:?}")
                 }
@@ -885,7 +678,7 @@ async fn user_namespace_pod(ctx: Ctx) -> Result<()> {
         config.hostname = "userns-pod".into();
         set_userns(&mut config, userns(NamespaceMode::Pod, maps.clone()));
         let pod = s
-            .run_pod(config)
+            .try_run_pod(config)
             .await
             .context("RunPodSandbox with a user namespace")?;
         let script = "id -u; stat -c 'layer=%u:%g' /bin/busybox; \

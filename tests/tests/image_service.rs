@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use bungeo_tests::bungeo::Bungeo;
-use bungeo_tests::check;
 use bungeo_tests::cri::{Cri, Target, basic_auth};
 use bungeo_tests::fakeregistry::Grant;
 use bungeo_tests::images::{
@@ -22,6 +21,7 @@ use bungeo_tests::registry::free_local_addr;
 use bungeo_tests::suite::{
     AUTH_PASSWORD, AUTH_REPO_PREFIX, AUTH_USER, Ctx, REFRESH_TOKEN, run_suite,
 };
+use bungeo_tests::{check, ensure_eq};
 use k8s_cri::v1::{AuthConfig, Image as CriImage};
 use tonic::Code;
 
@@ -67,13 +67,6 @@ fn main() {
         check!(config_credentials, only = Target::Bungeo),
         check!(mirror_fallback, only = Target::Bungeo),
     ])
-}
-
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
 }
 
 /// ImageStatus that must find the image.

@@ -12,7 +12,6 @@
 //! firewall rules, cached results and network namespaces are gone. The bridge plugin turns
 //! `net.ipv4.ip_forward` on; that stays, as it does on any node running pods.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -23,25 +22,21 @@ use anyhow::{Context, Result, bail, ensure};
 use bungeo_tests::bungeo::{Bungeo, BungeoCni};
 use bungeo_tests::containerd::{Containerd, ContainerdCni};
 use bungeo_tests::cri::{Cri, Target};
+use bungeo_tests::ensure_eq;
 use bungeo_tests::images::{self, Catalog, PAUSE, PLAIN, Pusher};
-use bungeo_tests::leftovers;
 use bungeo_tests::net::{self, TestNetwork};
 use bungeo_tests::registry::Registry;
 use bungeo_tests::registryhosts::RegistryHosts;
+use bungeo_tests::scene::{self, Layout, RESOLV_CONF, security, test_dns};
 use bungeo_tests::suite::{CHECK_TIMEOUT, Daemon};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, DnsConfig, ExecSyncRequest,
-    ExecSyncResponse, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxStatus, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest,
-    RunPodSandboxRequest, RuntimeConfig, StartContainerRequest, StopPodSandboxRequest,
-    UpdateRuntimeConfigRequest,
+    ExecSyncResponse, ListPodSandboxRequest, NamespaceMode, NetworkConfig, PodSandboxConfig,
+    PodSandboxFilter, PodSandboxStatus, PodSandboxStatusRequest, PortMapping, Protocol,
+    RemovePodSandboxRequest, RuntimeConfig, StopPodSandboxRequest, UpdateRuntimeConfigRequest,
 };
 use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::Value;
 use tokio::runtime::Runtime;
-use tonic::Code;
 
 /// The future a check returns.
 type CheckFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
@@ -71,13 +66,6 @@ macro_rules! check {
     };
 }
 
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
-}
-
 fn main() {
     run(vec![
         check!(pods_exchange_data),
@@ -101,14 +89,6 @@ const POD_NAMESPACE: &str = "bungeo-e2e-network";
 const CGROUP_ROOT: &str = "bungeo-e2e-network";
 /// Name of the bridge network containerd's conflists define.
 const CONTAINERD_NETWORK: &str = "bungeo-e2e";
-/// What the test pods' DNS config asks for, and the resolv.conf it makes.
-const DNS_SERVERS: [&str; 2] = ["10.96.0.10", "10.96.0.11"];
-const DNS_SEARCHES: [&str; 2] = ["bungeo-e2e.svc.cluster.local", "svc.cluster.local"];
-const DNS_OPTIONS: [&str; 2] = ["ndots:5", "timeout:2"];
-const RESOLV_CONF: &str = "search bungeo-e2e.svc.cluster.local svc.cluster.local\n\
-                           nameserver 10.96.0.10\n\
-                           nameserver 10.96.0.11\n\
-                           options ndots:5 timeout:2\n";
 /// The port the test web servers listen on inside their pods.
 const HTTP_PORT: u16 = 8080;
 /// How long a pod may take to get where a check waits for it.
@@ -304,19 +284,10 @@ fn run(checks: Vec<Check>) -> ! {
 // ---------------------------------------------------------------------------------------
 // Pods and containers of one check.
 
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
-
-/// Pod network and IPC, a PID namespace per container: what kubelet asks by default.
-fn pod_namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
+const LAYOUT: Layout = Layout {
+    namespace: POD_NAMESPACE,
+    cgroup_root: CGROUP_ROOT,
+};
 
 /// The network of a pod as the check saw it while the pod ran.
 #[derive(Debug, Clone)]
@@ -328,96 +299,33 @@ struct PodNet {
 }
 
 /// A check's pods (with their containers), log directory and cgroup parent, removed at its
-/// end whatever happened.
+/// end whatever happened: a [`scene::Scene`] with the test DNS config and the pod-level calls
+/// of this suite.
 struct Scene {
-    cri: Cri,
-    target: Target,
-    unique: String,
+    base: scene::Scene,
+    /// The busybox reference, pulled.
     image: String,
-    logs: tempfile::TempDir,
-    pods: Vec<(String, PodSandboxConfig)>,
 }
 
+bungeo_tests::wraps_scene!(Scene, base);
+
 impl Scene {
-    async fn new(ctx: &Ctx, cri: Cri, check: &str) -> Result<Self> {
-        let mut this = Self {
-            cri,
-            target: ctx.target,
-            unique: ctx.unique(check),
-            image: ctx.fx.image(),
-            logs: tempfile::Builder::new()
-                .prefix("bungeo-e2e-logs-")
-                .tempdir()
-                .context("create the pod log directory")?,
-            pods: Vec::new(),
-        };
-        let image = this.image.clone();
-        this.cri
-            .pull(&image, None)
+    async fn new(ctx: &Ctx, mut cri: Cri, check: &str) -> Result<Self> {
+        let image = ctx.fx.image();
+        cri.pull(&image, None)
             .await
             .with_context(|| format!("pull {image}"))?;
-        Ok(this)
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.unique)
+        let base = scene::Scene::new(cri, ctx.target, ctx.unique(check), LAYOUT)?;
+        Ok(Self { base, image })
     }
 
     /// A pod named `name` on the pod network, with the test DNS config and its name as
     /// hostname.
     fn pod_config(&self, name: &str) -> PodSandboxConfig {
         PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: format!("{}-{name}", self.unique),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.logs.path().join(name).to_string_lossy().into_owned(),
-            labels: HashMap::from([("check".to_string(), self.unique.clone())]),
-            dns_config: Some(DnsConfig {
-                servers: strings(&DNS_SERVERS),
-                searches: strings(&DNS_SEARCHES),
-                options: strings(&DNS_OPTIONS),
-            }),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(pod_namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+            dns_config: Some(test_dns()),
+            ..self.base.pod_config(name)
         }
-    }
-
-    async fn try_run_pod(&mut self, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-        let _ = std::fs::create_dir_all(&config.log_directory);
-        let id = self
-            .cri
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push((id.clone(), config));
-        Ok(id)
-    }
-
-    async fn run_pod(&mut self, config: PodSandboxConfig) -> Result<String> {
-        let name = config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        self.try_run_pod(config)
-            .await
-            .with_context(|| format!("RunPodSandbox {name}"))
     }
 
     /// A pod `name` with the default config.
@@ -426,59 +334,17 @@ impl Scene {
         self.run_pod(config).await
     }
 
-    /// Creates and starts a container `name` running `command` in `pod`.
+    /// Creates and starts a container `name` running `command` in `pod`, in the pod's
+    /// namespaces.
     async fn container(&mut self, pod: &str, name: &str, command: &[&str]) -> Result<String> {
-        let sandbox = self
-            .pods
-            .iter()
-            .find(|(id, _)| id == pod)
-            .map(|(_, c)| c.clone())
-            .context("not a pod of this check")?;
-        let _ = std::fs::create_dir_all(Path::new(&sandbox.log_directory).join(name));
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: strings(command),
-            log_path: format!("{name}/0.log"),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: sandbox
-                        .linux
-                        .as_ref()
-                        .and_then(|l| l.security_context.as_ref())
-                        .and_then(|s| s.namespace_options.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let id = self
-            .cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_string(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await
-            .with_context(|| format!("CreateContainer {name}"))?
-            .into_inner()
-            .container_id;
-        self.cri
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {name}"))?;
-        Ok(id)
+        let sandbox = self.sandbox_config(pod)?;
+        let mut config = scene::container(name, &self.image, command);
+        security(&mut config).namespace_options = sandbox
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        self.base.run(pod, config).await
     }
 
     /// A `sleep` container, for ExecSync.
@@ -496,17 +362,10 @@ impl Scene {
     }
 
     async fn exec(&mut self, container: &str, cmd: &[&str]) -> Result<ExecSyncResponse> {
-        Ok(self
-            .cri
-            .runtime
-            .exec_sync(ExecSyncRequest {
-                container_id: container.to_string(),
-                cmd: strings(cmd),
-                timeout: 20,
-            })
+        self.base
+            .exec(container, cmd, 20)
             .await
-            .with_context(|| format!("ExecSync {cmd:?}"))?
-            .into_inner())
+            .with_context(|| format!("ExecSync {cmd:?}"))
     }
 
     /// ExecSync that must exit 0; its stdout.
@@ -639,46 +498,6 @@ impl Scene {
         self.pods.retain(|(id, _)| id != pod);
         Ok(())
     }
-
-    /// Stops and removes every pod left, then the cgroup parent.
-    async fn finish(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (id, _) in std::mem::take(&mut self.pods) {
-            let stopped = self
-                .cri
-                .runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let removed = self
-                .cri
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let gone_is_fine = |r: Result<(), tonic::Status>| match r {
-                Err(e) if e.code() == Code::NotFound => Ok(()),
-                other => other,
-            };
-            let result = gone_is_fine(stopped.map(drop)).and(gone_is_fine(removed.map(drop)));
-            if let Err(e) = result
-                && first.is_ok()
-            {
-                first = Err(anyhow::anyhow!("cleanup: remove pod {id}: {e}"));
-            }
-        }
-        let parent = self.cgroup_parent();
-        tokio::task::spawn_blocking(move || {
-            leftovers::remove_cgroup_tree(&parent);
-            for hierarchy in leftovers::cgroup_hierarchies() {
-                let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-            }
-        })
-        .await?;
-        first
-    }
 }
 
 /// Runs `body` in a fresh scene on `cri`, then tears the scene down; the body's error wins.
@@ -686,10 +505,7 @@ async fn with_scene<F>(ctx: &Ctx, cri: Cri, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
-    let mut scene = Scene::new(ctx, cri, check).await?;
-    let result = body(&mut scene).await;
-    let cleanup = scene.finish().await;
-    result.and(cleanup)
+    scene::run_in(Scene::new(ctx, cri, check).await?, body).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1462,7 +1278,7 @@ async fn del_after_restart(ctx: Ctx) -> Result<()> {
         Ok(())
     }
     .await;
-    let cleanup = scene.finish().await;
+    let cleanup = scene.base.finish().await;
     result.and(cleanup)
 }
 

@@ -9,17 +9,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bungeo_tests::bungeo::Bungeo;
-use bungeo_tests::check;
 use bungeo_tests::cri::{Cri, Target};
 use bungeo_tests::mounts::mounts_under;
+use bungeo_tests::scene::{RESOLV_CONF, now_ns, pod_linux, test_dns};
 use bungeo_tests::suite::{Ctx, Daemon, run_suite};
+use bungeo_tests::{check, ensure_eq};
 use k8s_cri::v1::{
-    DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
-    NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig, PodSandboxFilter,
+    ListPodSandboxRequest, NamespaceMode, PodSandbox, PodSandboxConfig, PodSandboxFilter,
     PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
     PodSandboxStatusResponse, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
@@ -44,27 +44,8 @@ fn main() {
     ])
 }
 
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
-}
-
-/// The DNS settings every test pod asks for, and the resolv.conf both daemons write for them.
-const DNS_SERVERS: [&str; 2] = ["10.96.0.10", "10.96.0.11"];
-const DNS_SEARCHES: [&str; 2] = ["bungeo-e2e.svc.cluster.local", "svc.cluster.local"];
-const DNS_OPTIONS: [&str; 2] = ["ndots:5", "timeout:2"];
-const RESOLV_CONF: &str = "search bungeo-e2e.svc.cluster.local svc.cluster.local\n\
-                           nameserver 10.96.0.10\n\
-                           nameserver 10.96.0.11\n\
-                           options ndots:5 timeout:2\n";
 /// The Kubernetes namespace of every test pod.
 const POD_NAMESPACE: &str = "bungeo-e2e";
-
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
 
 /// A pod config for `name`, labelled with the check it belongs to.
 fn pod_config(ctx: &Ctx, check: &str, name: &str) -> PodSandboxConfig {
@@ -84,32 +65,10 @@ fn pod_config(ctx: &Ctx, check: &str, name: &str) -> PodSandboxConfig {
             "bungeo.test/annotation".to_string(),
             format!("{name}: kept as given, \"quotes\" and all"),
         )]),
-        dns_config: Some(DnsConfig {
-            servers: strings(&DNS_SERVERS),
-            searches: strings(&DNS_SEARCHES),
-            options: strings(&DNS_OPTIONS),
-        }),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        dns_config: Some(test_dns()),
+        linux: Some(pod_linux("")),
         ..Default::default()
     }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// The pods a check made, removed at its end whatever happened in between.

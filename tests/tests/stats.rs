@@ -8,7 +8,6 @@
 //! (UNIMPLEMENTED; they came with containerd 1.7 and 2.0): those checks run on bungeo only.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,19 +15,15 @@ use bungeo_tests::bungeo::Bungeo;
 use bungeo_tests::check;
 use bungeo_tests::cri::{Cri, Target};
 use bungeo_tests::images::PLAIN;
-use bungeo_tests::leftovers;
+use bungeo_tests::scene::{self, Layout};
 use bungeo_tests::suite::{Ctx, run_suite};
 use k8s_cri::v1::{
-    ContainerConfig, ContainerEventType, ContainerMetadata, ContainerStats, ContainerStatsRequest,
-    CreateContainerRequest, GetEventsRequest, ImageFsInfoRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainerStatsRequest, ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest,
-    ListPodSandboxStatsRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatsFilter, PodSandboxStatsRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerEventType, ContainerStats, ContainerStatsRequest, GetEventsRequest,
+    ImageFsInfoRequest, ListContainerStatsRequest, ListMetricDescriptorsRequest,
+    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, PodSandboxStatsFilter,
+    PodSandboxStatsRequest, RemoveContainerRequest, StopPodSandboxRequest,
 };
 use tokio_stream_shim::next_event;
-use tonic::Code;
 
 fn main() {
     run_suite(vec![
@@ -66,144 +61,28 @@ mod tokio_stream_shim {
     }
 }
 
-fn namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
+const LAYOUT: Layout = Layout {
+    namespace: POD_NAMESPACE,
+    cgroup_root: CGROUP_ROOT,
+};
 
-/// A check's pods, all removed at its end with their cgroup parent.
+/// A check's pods, all removed at its end with their cgroup parent: a [`scene::Scene`] whose
+/// containers run busybox.
 struct Scene {
-    cri: Cri,
-    target: Target,
-    unique: String,
-    logs: tempfile::TempDir,
-    pods: Vec<(String, PodSandboxConfig)>,
+    base: scene::Scene,
+    /// The busybox reference, pulled.
     image: String,
 }
 
+bungeo_tests::wraps_scene!(Scene, base);
+
 impl Scene {
-    async fn new(ctx: &Ctx, cri: Cri, check: &str) -> Result<Scene> {
-        let mut cri = cri;
-        let image = ctx.fx.reference(PLAIN);
-        cri.pull(&image, None)
-            .await
-            .with_context(|| format!("pull {image}"))?;
-        Ok(Scene {
-            cri,
-            target: ctx.target,
-            unique: ctx.unique(check),
-            logs: tempfile::Builder::new()
-                .prefix("bungeo-e2e-logs-")
-                .tempdir()
-                .context("create the pod log directory")?,
-            pods: Vec::new(),
-            image,
-        })
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.unique)
-    }
-
-    async fn pod(&mut self, name: &str) -> Result<String> {
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: format!("{}-{name}", self.unique),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.logs.path().join(name).to_string_lossy().into_owned(),
-            labels: HashMap::from([("check".to_string(), self.unique.clone())]),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        std::fs::create_dir_all(&config.log_directory)?;
-        let id = self
-            .cri
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("RunPodSandbox {name}"))?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push((id.clone(), config));
-        Ok(id)
-    }
-
-    async fn create(&mut self, pod: &str, name: &str, command: &[&str]) -> Result<String> {
-        let sandbox = self
-            .pods
-            .iter()
-            .find(|(id, _)| id == pod)
-            .map(|(_, c)| c.clone())
-            .context("not a pod of this check")?;
-        std::fs::create_dir_all(Path::new(&sandbox.log_directory).join(name))?;
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: command.iter().map(|s| s.to_string()).collect(),
-            log_path: format!("{name}/0.log"),
-            labels: HashMap::from([("container".to_string(), name.to_string())]),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        Ok(self
-            .cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_string(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await
-            .with_context(|| format!("CreateContainer {name}"))?
-            .into_inner()
-            .container_id)
-    }
-
-    async fn start(&mut self, id: &str) -> Result<()> {
-        self.cri
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {id}"))?;
-        Ok(())
-    }
-
+    /// Creates and starts a container `name` (labelled `container=<name>`) running
+    /// `command`.
     async fn run(&mut self, pod: &str, name: &str, command: &[&str]) -> Result<String> {
-        let id = self.create(pod, name, command).await?;
-        self.start(&id).await?;
-        Ok(id)
+        let mut config = scene::container(name, &self.image, command);
+        config.labels = HashMap::from([("container".to_string(), name.to_string())]);
+        self.base.run(pod, config).await
     }
 
     async fn stats(&mut self, id: &str) -> Result<ContainerStats> {
@@ -219,24 +98,6 @@ impl Scene {
             .context("ContainerStats without stats")
     }
 
-    /// The container's init pid, from the verbose status both daemons give.
-    async fn pid(&mut self, id: &str) -> Result<i32> {
-        let r = self
-            .cri
-            .runtime
-            .container_status(k8s_cri::v1::ContainerStatusRequest {
-                container_id: id.to_string(),
-                verbose: true,
-            })
-            .await?
-            .into_inner();
-        let info: serde_json::Value =
-            serde_json::from_str(r.info.get("info").context("no verbose info")?)?;
-        let pid = info["pid"].as_i64().context("no pid in the verbose info")?;
-        ensure!(pid > 0, "pid {pid}");
-        Ok(pid as i32)
-    }
-
     async fn stop_pod(&mut self, id: &str) -> Result<()> {
         self.cri
             .runtime
@@ -247,52 +108,18 @@ impl Scene {
             .with_context(|| format!("StopPodSandbox {id}"))?;
         Ok(())
     }
-
-    async fn finish(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (id, _) in std::mem::take(&mut self.pods) {
-            let stopped = self.stop_pod(&id).await;
-            let removed = self
-                .cri
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await
-                .map(drop)
-                .or_else(|e| {
-                    if e.code() == Code::NotFound {
-                        Ok(())
-                    } else {
-                        Err(e)
-                    }
-                });
-            if let Err(e) = stopped.and(removed.map_err(anyhow::Error::from))
-                && first.is_ok()
-            {
-                first = Err(anyhow::anyhow!("cleanup: remove pod {id}: {e:#}"));
-            }
-        }
-        let parent = self.cgroup_parent();
-        tokio::task::spawn_blocking(move || {
-            leftovers::remove_cgroup_tree(&parent);
-            for hierarchy in leftovers::cgroup_hierarchies() {
-                let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-            }
-        })
-        .await?;
-        first
-    }
 }
 
-async fn with_scene<F>(ctx: &Ctx, cri: Cri, check: &str, body: F) -> Result<()>
+async fn with_scene<F>(ctx: &Ctx, mut cri: Cri, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
-    let mut scene = Scene::new(ctx, cri, check).await?;
-    let result = body(&mut scene).await;
-    let cleanup = scene.finish().await;
-    result.and(cleanup)
+    let image = ctx.fx.reference(PLAIN);
+    cri.pull(&image, None)
+        .await
+        .with_context(|| format!("pull {image}"))?;
+    let base = scene::Scene::for_check(ctx, cri, check, LAYOUT)?;
+    scene::run_in(Scene { base, image }, body).await
 }
 
 /// utime + stime of a process in nanoseconds, from `/proc/<pid>/stat`.

@@ -7,29 +7,20 @@
 //! Where containerd 1.6 lacks something bungeo must have (v5.channel.k8s.io, the SPDY tunnel
 //! for port-forward) the check says so and asserts each daemon's own behaviour.
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use bungeo_tests::check;
-use bungeo_tests::cri::{Cri, Target};
+use bungeo_tests::cri::Target;
 use bungeo_tests::images::PLAIN;
-use bungeo_tests::leftovers;
+use bungeo_tests::scene::{self, Layout, strings};
 use bungeo_tests::streaming::exec::{self, Options, RemoteCommand, TerminalSize, Transport};
 use bungeo_tests::streaming::portforward::{self, PortForwarder};
 use bungeo_tests::streaming::spdy::FlowControl;
 use bungeo_tests::suite::{Ctx, run_suite};
-use k8s_cri::v1::{
-    AttachRequest, ContainerConfig, ContainerMetadata, CreateContainerRequest, ExecRequest,
-    ExecSyncRequest, ImageSpec, LinuxContainerConfig, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PortForwardRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
-};
+use bungeo_tests::{check, ensure_eq};
+use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::Code;
 
 fn main() {
     run_suite(vec![
@@ -49,13 +40,6 @@ fn main() {
     ])
 }
 
-macro_rules! ensure_eq {
-    ($left:expr, $right:expr, $($what:tt)+) => {{
-        let (l, r) = (&$left, &$right);
-        ensure!(l == r, "{}: got {:?}, want {:?}", format!($($what)+), l, r);
-    }};
-}
-
 const POD_NAMESPACE: &str = "bungeo-e2e-streaming";
 const CGROUP_ROOT: &str = "bungeo-e2e-streaming";
 /// 100 MiB: the large transfers.
@@ -65,71 +49,21 @@ const WWW: &str = "/tmp/www";
 /// The HTTP server's port in the pod.
 const HTTP_PORT: u16 = 8080;
 
-fn strings(s: &[&str]) -> Vec<String> {
-    s.iter().map(|x| x.to_string()).collect()
-}
+const LAYOUT: Layout = Layout {
+    namespace: POD_NAMESPACE,
+    cgroup_root: CGROUP_ROOT,
+};
 
-fn namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
-    }
-}
-
-/// A check's pods, removed at its end.
+/// A check's pods, removed at its end: a [`scene::Scene`] whose containers run busybox.
 struct Scene {
-    cri: Cri,
-    target: Target,
-    unique: String,
+    base: scene::Scene,
+    /// The busybox reference, pulled.
     image: String,
-    logs: tempfile::TempDir,
-    pods: Vec<(String, PodSandboxConfig)>,
 }
+
+bungeo_tests::wraps_scene!(Scene, base);
 
 impl Scene {
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.unique)
-    }
-
-    async fn pod(&mut self, name: &str) -> Result<String> {
-        let config = PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.to_string(),
-                uid: format!("{}-{name}", self.unique),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            hostname: name.to_string(),
-            log_directory: self.logs.path().join(name).to_string_lossy().into_owned(),
-            labels: HashMap::from([("check".to_string(), self.unique.clone())]),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        std::fs::create_dir_all(&config.log_directory)?;
-        let id = self
-            .cri
-            .runtime
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("RunPodSandbox {name}"))?
-            .into_inner()
-            .pod_sandbox_id;
-        self.pods.push((id.clone(), config));
-        Ok(id)
-    }
-
     /// Creates and starts a container running `command`; `stdin` keeps its stdin open (for
     /// attach).
     async fn run(
@@ -139,54 +73,9 @@ impl Scene {
         command: &[&str],
         stdin: bool,
     ) -> Result<String> {
-        let sandbox = self
-            .pods
-            .iter()
-            .find(|(id, _)| id == pod)
-            .map(|(_, c)| c.clone())
-            .context("not a pod of this check")?;
-        std::fs::create_dir_all(Path::new(&sandbox.log_directory).join(name))?;
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.to_string(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: strings(command),
-            log_path: format!("{name}/0.log"),
-            stdin,
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let id = self
-            .cri
-            .runtime
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.to_string(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await
-            .with_context(|| format!("CreateContainer {name}"))?
-            .into_inner()
-            .container_id;
-        self.cri
-            .runtime
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .with_context(|| format!("StartContainer {name}"))?;
-        Ok(id)
+        let mut config = scene::container(name, &self.image, command);
+        config.stdin = stdin;
+        self.base.run(pod, config).await
     }
 
     /// A pod with one `sleep` container: (pod, container).
@@ -232,16 +121,10 @@ impl Scene {
     /// ExecSync, output and exit code checked.
     async fn exec_sync(&mut self, container: &str, cmd: &[&str]) -> Result<String> {
         let r = self
-            .cri
-            .runtime
-            .exec_sync(ExecSyncRequest {
-                container_id: container.to_string(),
-                cmd: strings(cmd),
-                timeout: 60,
-            })
+            .base
+            .exec(container, cmd, 60)
             .await
-            .with_context(|| format!("ExecSync {cmd:?}"))?
-            .into_inner();
+            .with_context(|| format!("ExecSync {cmd:?}"))?;
         ensure!(
             r.exit_code == 0,
             "ExecSync {cmd:?}: exit {}: {}",
@@ -277,23 +160,12 @@ impl Scene {
             .await?;
         // Ready when it answers on its port (busybox wget, from inside the pod).
         let deadline = Instant::now() + Duration::from_secs(20);
+        let url = format!("http://127.0.0.1:{HTTP_PORT}/");
         loop {
             let r = self
-                .cri
-                .runtime
-                .exec_sync(ExecSyncRequest {
-                    container_id: c.clone(),
-                    cmd: strings(&[
-                        "wget",
-                        "-q",
-                        "-O",
-                        "-",
-                        &format!("http://127.0.0.1:{HTTP_PORT}/"),
-                    ]),
-                    timeout: 10,
-                })
-                .await?
-                .into_inner();
+                .base
+                .exec(&c, &["wget", "-q", "-O", "-", &url], 10)
+                .await?;
             if r.exit_code == 0 {
                 break;
             }
@@ -306,44 +178,6 @@ impl Scene {
         }
         Ok((pod, c))
     }
-
-    async fn finish(mut self) -> Result<()> {
-        let mut first = Ok(());
-        for (id, _) in std::mem::take(&mut self.pods) {
-            let stopped = self
-                .cri
-                .runtime
-                .stop_pod_sandbox(StopPodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let removed = self
-                .cri
-                .runtime
-                .remove_pod_sandbox(RemovePodSandboxRequest {
-                    pod_sandbox_id: id.clone(),
-                })
-                .await;
-            let gone_is_fine = |r: Result<(), tonic::Status>| match r {
-                Err(e) if e.code() == Code::NotFound => Ok(()),
-                other => other,
-            };
-            if let Err(e) = gone_is_fine(stopped.map(drop)).and(gone_is_fine(removed.map(drop)))
-                && first.is_ok()
-            {
-                first = Err(anyhow::anyhow!("cleanup: remove pod {id}: {e}"));
-            }
-        }
-        let parent = self.cgroup_parent();
-        tokio::task::spawn_blocking(move || {
-            leftovers::remove_cgroup_tree(&parent);
-            for hierarchy in leftovers::cgroup_hierarchies() {
-                let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-            }
-        })
-        .await?;
-        first
-    }
 }
 
 async fn with_scene<F>(ctx: &Ctx, check: &str, body: F) -> Result<()>
@@ -355,20 +189,8 @@ where
     cri.pull(&image, None)
         .await
         .with_context(|| format!("pull {image}"))?;
-    let mut scene = Scene {
-        cri,
-        target: ctx.target,
-        unique: ctx.unique(check),
-        image,
-        logs: tempfile::Builder::new()
-            .prefix("bungeo-e2e-logs-")
-            .tempdir()
-            .context("create the pod log directory")?,
-        pods: Vec::new(),
-    };
-    let result = body(&mut scene).await;
-    let cleanup = scene.finish().await;
-    result.and(cleanup)
+    let base = scene::Scene::for_check(ctx, cri, check, LAYOUT)?;
+    scene::run_in(Scene { base, image }, body).await
 }
 
 /// The protocol each daemon must pick when every version is offered: containerd 1.6

@@ -4,26 +4,15 @@
 //! StopContainer+RemoveContainer+StopPodSandbox+RemovePodSandbox per pod; prints p50/p95,
 //! memory per running container and the ratios against the goals.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use bungeo_tests::bungeo::Bungeo;
-use bungeo_tests::containerd::Containerd;
-use bungeo_tests::cri::Cri;
-use bungeo_tests::images::{self, Catalog, PAUSE, PAUSE_REFERENCE, PLAIN, Pusher};
+use bungeo_tests::benchkit::{Setup, Side, Table, clean_up_after, goal, ratio_at};
 use bungeo_tests::leftovers;
-use bungeo_tests::registry::Registry;
-use bungeo_tests::registryhosts::{RegistryHosts, toml_string};
+use bungeo_tests::{procstat, workload};
 use clap::Parser;
-use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
-    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
-};
 
 #[derive(Parser)]
 #[command(about = "Pod start, stop and memory benchmark: bungeo vs containerd")]
@@ -33,19 +22,16 @@ struct Args {
     pods: usize,
 }
 
-/// The Kubernetes namespace of the benchmark's pods.
-const POD_NAMESPACE: &str = "bungeo-bench";
-/// The first component of the pods' cgroup parents.
-const CGROUP_ROOT: &str = "bungeo-bench-pods";
+/// The Kubernetes namespace and the cgroup root of the benchmark's pods.
+const BENCH: &str = "bungeo-bench-pods";
 /// How containerd's pause processes show on their command line (the test pause image).
 const PAUSE_ARG: &str = "2147483647";
 
 /// One daemon under test and what the benchmark made and measured on it.
 struct Daemon {
-    name: &'static str,
-    cri: Cri,
-    logs: tempfile::TempDir,
-    /// (pod id, container id) of every pod still there.
+    side: Side,
+    /// (pod id, container id) of every pod started and not yet removed; [`Side::clean_up`]
+    /// removes whatever a failure leaves.
     pods: Vec<(String, String)>,
     starts: Vec<Duration>,
     stops: Vec<Duration>,
@@ -77,163 +63,41 @@ impl Memory {
 }
 
 impl Daemon {
-    async fn new(name: &'static str, socket: &Path) -> Result<Self> {
-        Ok(Self {
-            name,
-            cri: Cri::connect(socket).await?,
-            logs: tempfile::Builder::new()
-                .prefix("bungeo-bench-logs-")
-                .tempdir()
-                .context("create the pod log directory")?,
+    fn new(side: Side) -> Self {
+        Self {
+            side,
             pods: Vec::new(),
             starts: Vec::new(),
             stops: Vec::new(),
             memory: None,
-        })
-    }
-
-    fn cgroup_parent(&self) -> String {
-        format!("/{CGROUP_ROOT}/{}", self.name)
-    }
-
-    fn pod_config(&self, i: usize) -> PodSandboxConfig {
-        let name = format!("bench-{i}");
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.clone(),
-                uid: format!("bench-{}-{i}", self.name),
-                namespace: POD_NAMESPACE.to_string(),
-                attempt: 0,
-            }),
-            hostname: name.clone(),
-            log_directory: self.logs.path().join(&name).to_string_lossy().into_owned(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
         }
     }
 
     /// Starts pod `i` with its container; the latency of the three calls.
     async fn start_pod(&mut self, i: usize, image: &str) -> Result<Duration> {
-        let sandbox = self.pod_config(i);
-        // kubelet makes the log directories before it calls.
-        std::fs::create_dir_all(Path::new(&sandbox.log_directory).join("sleeper"))
-            .context("create the container log directory")?;
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: "sleeper".into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            command: vec!["sleep".into(), "3600".into()],
-            log_path: "sleeper/0.log".into(),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let rt = &mut self.cri.runtime;
+        let sandbox = self.side.pod_config(&format!("bench-{i}"))?;
+        let config = Side::container_config(&sandbox, "sleeper", image, &["sleep", "3600"])?;
         let t = Instant::now();
-        let pod = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(sandbox.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .with_context(|| format!("{}: RunPodSandbox bench-{i}", self.name))?
-            .into_inner()
-            .pod_sandbox_id;
-        let created = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await;
-        let container = match created {
-            Ok(r) => r.into_inner().container_id,
-            Err(e) => {
-                self.pods.push((pod, String::new()));
-                return Err(e).with_context(|| format!("{}: CreateContainer bench-{i}", self.name));
-            }
-        };
-        self.pods.push((pod, container.clone()));
-        rt.start_container(StartContainerRequest {
-            container_id: container.clone(),
-        })
-        .await
-        .with_context(|| format!("{}: StartContainer {container}", self.name))?;
-        Ok(t.elapsed())
+        let pod = self.side.run_pod(sandbox.clone()).await?;
+        let container = self.side.run_container(&pod, &sandbox, config).await?;
+        let took = t.elapsed();
+        self.pods.push((pod, container));
+        Ok(took)
     }
 
     /// Stops and removes the oldest pod left; the latency of the four calls.
     async fn remove_pod(&mut self) -> Result<Duration> {
-        let (pod, container) = self.pods.remove(0);
-        let rt = &mut self.cri.runtime;
+        let (pod, container) = self.pods.first().cloned().context("no pod left")?;
         let t = Instant::now();
-        if !container.is_empty() {
-            // `sleep` as its namespace's init ignores SIGTERM: a grace period would only
-            // measure the timeout, so both daemons kill at once (as on a forced delete).
-            rt.stop_container(StopContainerRequest {
-                container_id: container.clone(),
-                timeout: 0,
-            })
+        // `sleep` as its namespace's init ignores SIGTERM: a grace period would only measure
+        // the timeout, so both daemons kill at once (as on a forced delete).
+        workload::remove_container(&mut self.side.cri, &container, 0)
             .await
-            .with_context(|| format!("{}: StopContainer {container}", self.name))?;
-            rt.remove_container(RemoveContainerRequest {
-                container_id: container.clone(),
-            })
-            .await
-            .with_context(|| format!("{}: RemoveContainer {container}", self.name))?;
-        }
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .with_context(|| format!("{}: StopPodSandbox {pod}", self.name))?;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .with_context(|| format!("{}: RemovePodSandbox {pod}", self.name))?;
-        Ok(t.elapsed())
-    }
-
-    /// Best effort: every pod still there stopped and removed, then the cgroup parent.
-    async fn clean_up(&mut self) {
-        while !self.pods.is_empty() {
-            if let Err(e) = self.remove_pod().await {
-                eprintln!("cleanup: {e:#}");
-            }
-        }
-        let parent = self.cgroup_parent();
-        leftovers::remove_cgroup_tree(&parent);
-        for hierarchy in leftovers::cgroup_hierarchies() {
-            let _ = std::fs::remove_dir(hierarchy.join(CGROUP_ROOT));
-        }
-    }
-}
-
-/// Pod network and IPC, a PID namespace per container: what kubelet asks by default.
-fn namespaces() -> NamespaceOption {
-    NamespaceOption {
-        network: NamespaceMode::Pod as i32,
-        pid: NamespaceMode::Container as i32,
-        ipc: NamespaceMode::Pod as i32,
-        ..Default::default()
+            .with_context(|| self.side.name)?;
+        self.side.remove_pod(&pod).await?;
+        let took = t.elapsed();
+        self.pods.remove(0);
+        Ok(took)
     }
 }
 
@@ -250,7 +114,10 @@ fn proc_kib(pid: i32, file: &str, key: &str) -> u64 {
 }
 
 fn rss(pid: i32) -> u64 {
-    proc_kib(pid, "status", "VmRSS:")
+    u32::try_from(pid)
+        .ok()
+        .and_then(|pid| procstat::rss_bytes(pid).ok())
+        .map_or(0, |bytes| bytes / 1024)
 }
 
 fn pss(pid: i32) -> u64 {
@@ -310,16 +177,6 @@ fn containerd_pid(dir: &Path) -> Result<i32> {
         .with_context(|| format!("no containerd process naming {}", dir.display()))
 }
 
-/// Nearest-rank percentile of sorted `v`.
-fn percentile(v: &[Duration], p: f64) -> Duration {
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -328,29 +185,8 @@ fn mib(kib: u64) -> f64 {
 async fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(args.pods > 0, "--pods must be at least 1");
-    let registry = Registry::start()?;
-    let catalog = Catalog::build(&images::read_busybox()?, false)?;
-    let pusher = Pusher::new(&registry.host(), None);
-    images::push_all(&pusher, &catalog, &[PLAIN]).await?;
-    pusher
-        .push(PAUSE.repo, Some(PAUSE.tag), catalog.get(PAUSE)?)
-        .await?;
-    let hosts = RegistryHosts {
-        plain_http: vec![registry.host()],
-        // containerd's sandbox image is a docker.io name: served by our registry.
-        mirrors: BTreeMap::from([("docker.io".to_string(), vec![registry.host()])]),
-        ..Default::default()
-    };
-    let mut config = hosts.bungeo_toml();
-    let shim = std::env::var_os("BUNGEO_SHIM_BIN").map(PathBuf::from);
-    if let Some(shim) = &shim {
-        config.push_str(&format!(
-            "\n[shim]\nbinary = {}\n",
-            toml_string(&shim.to_string_lossy())
-        ));
-    }
-    let bungeo = Bungeo::start_with_config(&config).await?;
-    let containerd = Containerd::start(&hosts).await?;
+    let setup = Setup::start().await?;
+    let (bungeo, containerd, sides) = setup.start_daemons(BENCH).await?;
     let bungeo_pid = bungeo.pid().context("bungeo has no pid")? as i32;
     let bungeo_dir = bungeo.root().parent().context("bungeo root")?.to_path_buf();
     let containerd_dir = containerd
@@ -359,23 +195,8 @@ async fn main() -> Result<()> {
         .context("containerd root")?
         .to_path_buf();
     let containerd_pid = containerd_pid(&containerd_dir)?;
-    let image = PLAIN.at(&registry.host());
-    let mut daemons = [
-        Daemon::new("bungeo", bungeo.socket()).await?,
-        Daemon::new("containerd", containerd.socket()).await?,
-    ];
-    for d in daemons.iter_mut() {
-        d.cri
-            .pull(&image, None)
-            .await
-            .with_context(|| format!("{}: pull {image}", d.name))?;
-    }
-    // Pulled ahead so containerd's first pod is not billed for it.
-    daemons[1]
-        .cri
-        .pull(PAUSE_REFERENCE, None)
-        .await
-        .context("containerd: pull the pause image")?;
+    let image = setup.image();
+    let mut daemons = sides.map(Daemon::new);
 
     // Memory is taken between the starts and the removals, with every pod running; pods
     // are cleaned up whatever fails.
@@ -398,22 +219,20 @@ async fn main() -> Result<()> {
         remove_all(&args, &mut daemons).await
     }
     .await;
-    for d in daemons.iter_mut() {
-        d.clean_up().await;
-    }
-    result?;
-    report(&args, &daemons, shim.as_deref())
+    clean_up_after(result, daemons.iter_mut().map(|d| &mut d.side)).await?;
+    report(&args, &daemons, setup.shim.as_deref())
 }
 
 /// Every daemon runs exactly the benchmark's containers.
 async fn check_running(args: &Args, daemons: &mut [Daemon; 2]) -> Result<()> {
     for d in daemons.iter_mut() {
         let running = d
+            .side
             .cri
             .runtime
             .list_containers(k8s_cri::v1::ListContainersRequest { filter: None })
             .await
-            .with_context(|| format!("{}: ListContainers", d.name))?
+            .with_context(|| format!("{}: ListContainers", d.side.name))?
             .into_inner()
             .containers
             .iter()
@@ -422,7 +241,7 @@ async fn check_running(args: &Args, daemons: &mut [Daemon; 2]) -> Result<()> {
         ensure!(
             running == args.pods,
             "{}: {running} containers running, want {}",
-            d.name,
+            d.side.name,
             args.pods
         );
     }
@@ -448,45 +267,25 @@ fn report(args: &Args, daemons: &[Daemon; 2], shim: Option<&Path>) -> Result<()>
             |p| p.display().to_string()
         )
     );
+    let table = Table::new(44);
+    println!("{}", table.header(""));
+    let [b, c] = daemons;
     println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "", "bungeo", "containerd", "ratio"
+        "{}",
+        table.percentile_rows(
+            "start (RunPodSandbox+Create+Start)",
+            &b.starts,
+            &c.starts,
+            &[50, 95],
+            1,
+        )
     );
-    let mut sorted = daemons.each_ref().map(|d| {
-        let (mut s, mut t) = (d.starts.clone(), d.stops.clone());
-        s.sort();
-        t.sort();
-        (s, t)
-    });
-    for (label, p) in [("p50", 0.5), ("p95", 0.95)] {
-        let [b, c] = sorted.each_mut().map(|(s, _)| percentile(s, p));
-        println!(
-            "{:<44} {:>10.1}ms {:>10.1}ms {:>7.2}x",
-            format!("start (RunPodSandbox+Create+Start) {label}"),
-            ms(b),
-            ms(c),
-            ms(b) / ms(c)
-        );
-    }
-    for (label, p) in [("p50", 0.5), ("p95", 0.95)] {
-        let [b, c] = sorted.each_mut().map(|(_, t)| percentile(t, p));
-        println!(
-            "{:<44} {:>10.1}ms {:>10.1}ms {:>7.2}x",
-            format!("stop+remove (4 calls) {label}"),
-            ms(b),
-            ms(c),
-            ms(b) / ms(c)
-        );
-    }
-    let [mb, mc] = daemons.each_ref().map(|d| d.memory.unwrap_or_default());
-    let row = |label: &str, b: f64, c: f64| {
-        let ratio = if c > 0.0 {
-            format!("{:>7.2}x", b / c)
-        } else {
-            format!("{:>8}", "-")
-        };
-        println!("{label:<44} {b:>9.1}MiB {c:>9.1}MiB {ratio}");
-    };
+    println!(
+        "{}",
+        table.percentile_rows("stop+remove (4 calls)", &b.stops, &c.stops, &[50, 95], 1)
+    );
+    let [mb, mc] = [b, c].map(|d| d.memory.unwrap_or_default());
+    let row = |label: &str, b: f64, c: f64| println!("{}", table.mib_row(label, b, c));
     println!("memory with all {n} pods running (RSS; PSS in brackets)");
     row("  daemon RSS", mib(mb.daemon_rss), mib(mc.daemon_rss));
     row(
@@ -512,17 +311,23 @@ fn report(args: &Args, daemons: &[Daemon; 2], shim: Option<&Path>) -> Result<()>
         per(mb.total_pss()),
         per(mc.total_pss()),
     );
-    let [b50, c50] = sorted.each_mut().map(|(s, _)| percentile(s, 0.5));
-    let start_ratio = ms(b50) / ms(c50);
+    let start_ratio = ratio_at(&b.starts, &c.starts, 50);
     let mem_ratio = pb / pc;
-    let verdict = |ok: bool| if ok { "MET" } else { "NOT MET" };
     println!(
-        "goal: start p50 <= 0.5x containerd's: {start_ratio:.2}x -> {}",
-        verdict(start_ratio <= 0.5)
+        "{}",
+        goal(
+            "start p50 <= 0.5x containerd's",
+            start_ratio,
+            start_ratio <= 0.5
+        )
     );
     println!(
-        "goal: memory per running container <= 0.25x containerd's: {mem_ratio:.2}x -> {}",
-        verdict(mem_ratio <= 0.25)
+        "{}",
+        goal(
+            "memory per running container <= 0.25x containerd's",
+            mem_ratio,
+            mem_ratio <= 0.25
+        )
     );
     ensure!(
         mb.shims == n && mc.shims == n && mc.pauses == n,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bungeo_tests::benchkit::{Table, median, ms};
 use bungeo_tests::bungeo::Bungeo;
 use bungeo_tests::containerd::Containerd;
 use bungeo_tests::cri::Cri;
@@ -18,11 +19,6 @@ struct Args {
     /// Runs per image and daemon.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 async fn cold_pull(cri: &mut Cri, image: &str) -> Result<Duration> {
@@ -63,33 +59,28 @@ async fn main() -> Result<()> {
         "cold pull + unpack, {} runs each, interleaved, medians",
         args.runs
     );
-    println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "image", "bungeo", "containerd", "ratio"
-    );
+    let table = Table::new(34);
+    println!("{}", table.header("image"));
     for name in names {
         let image = name.at(&registry.host());
         let (mut tb, mut tc) = (Vec::new(), Vec::new());
         for _ in 0..args.runs {
-            tb.push(cold_pull(&mut b, &image).await?);
-            tc.push(cold_pull(&mut c, &image).await?);
+            tb.push(ms(cold_pull(&mut b, &image).await?));
+            tc.push(ms(cold_pull(&mut c, &image).await?));
         }
-        let runs = |v: &[Duration]| {
+        let runs = |v: &[f64]| {
             v.iter()
-                .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+                .map(|t| format!("{t:.0}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let (rb, rc) = (runs(&tb), runs(&tc));
-        let (mb, mc) = (median(&mut tb), median(&mut tc));
+        let label = format!("{}:{}", name.repo, name.tag);
+        println!("{}", table.ms_row(&label, median(&tb), median(&tc), 0));
         println!(
-            "{:<34} {:>10.0}ms {:>10.0}ms {:>7.2}x",
-            format!("{}:{}", name.repo, name.tag),
-            mb.as_secs_f64() * 1000.0,
-            mc.as_secs_f64() * 1000.0,
-            mb.as_secs_f64() / mc.as_secs_f64()
+            "    runs (ms): bungeo [{}]  containerd [{}]",
+            runs(&tb),
+            runs(&tc)
         );
-        println!("    runs (ms): bungeo [{rb}]  containerd [{rc}]");
     }
     println!("ratio = bungeo time / containerd time (goal: <= 0.67)");
     Ok(())

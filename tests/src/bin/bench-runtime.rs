@@ -22,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use bungeo_tests::benchkit::ms_percentile;
 use bungeo_tests::bundle::{Bundle, BundleSpec, remove_cgroup_parents};
 use clap::Parser;
 use nix::mount::{MsFlags, mount};
@@ -295,21 +296,6 @@ fn bungeo_default() -> Result<PathBuf> {
         .join("bungeo-runtime"))
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// The value at percentile `p` (nearest rank) of `values`.
-fn percentile<T: Copy + Ord>(values: &[T], p: usize) -> Option<T> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort();
-    let rank = (p * sorted.len()).div_ceil(100).max(1);
-    Some(sorted[rank - 1])
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     ensure!(
@@ -385,7 +371,7 @@ fn report(args: &Args, runtimes: &[Runtime]) {
     );
     let p = |samples: &[Sample], f: fn(&Sample) -> Duration, q: usize| {
         let v: Vec<Duration> = samples.iter().map(f).collect();
-        percentile(&v, q).map_or(f64::NAN, ms)
+        ms_percentile(&v, q)
     };
     let mut medians = Vec::new();
     for rt in runtimes {
@@ -454,16 +440,6 @@ fn report(args: &Args, runtimes: &[Runtime]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        let v: Vec<u32> = (1..=10).collect();
-        assert_eq!(percentile(&v, 50), Some(5));
-        assert_eq!(percentile(&v, 90), Some(9));
-        assert_eq!(percentile(&v, 100), Some(10));
-        assert_eq!(percentile(&[7u32], 90), Some(7));
-        assert_eq!(percentile::<u32>(&[], 50), None);
-    }
 
     #[test]
     fn sample_total_adds_the_phases() {
