@@ -695,6 +695,36 @@ struct Shared {
 }
 
 /// Runs `c` as task `slot`'s call in flight; `None` when it failed (the task stops).
+/// RunPodSandbox, then CreateContainer `name` running `command` in it, each tracked;
+/// `None` once a call fails or the daemon is gone.
+async fn tracked_pod_and_container(
+    shared: &Shared,
+    slot: usize,
+    cri: &mut Cri,
+    pod_config: &PodSandboxConfig,
+    (name, image, command): (&str, &str, &[&str]),
+) -> Option<(String, String)> {
+    let Some(Some(pod)) = tracked(
+        shared,
+        slot,
+        cri,
+        Call::RunPod(Box::new(pod_config.clone())),
+    )
+    .await
+    else {
+        return None;
+    };
+    let create = Call::CreateContainer {
+        pod: pod.clone(),
+        sandbox: Box::new(pod_config.clone()),
+        config: Box::new(container_config(name, image, command)),
+    };
+    let Some(Some(id)) = tracked(shared, slot, cri, create).await else {
+        return None;
+    };
+    Some((pod, id))
+}
+
 async fn tracked(shared: &Shared, slot: usize, cri: &mut Cri, c: Call) -> Option<Option<String>> {
     if let Ok(mut f) = shared.in_flight.lock() {
         f[slot] = Some(c.clone());
@@ -726,22 +756,10 @@ async fn churn(
     image: String,
 ) {
     for pod_config in pods {
-        let Some(Some(pod)) = tracked(
-            &shared,
-            slot,
-            &mut cri,
-            Call::RunPod(Box::new(pod_config.clone())),
-        )
-        .await
+        let work = ("work", image.as_str(), &["sleep", "1000"][..]);
+        let Some((pod, id)) =
+            tracked_pod_and_container(&shared, slot, &mut cri, &pod_config, work).await
         else {
-            return;
-        };
-        let create = Call::CreateContainer {
-            pod: pod.clone(),
-            sandbox: Box::new(pod_config.clone()),
-            config: Box::new(container_config("work", &image, &["sleep", "1000"])),
-        };
-        let Some(Some(id)) = tracked(&shared, slot, &mut cri, create).await else {
             return;
         };
         for c in [
@@ -780,22 +798,10 @@ async fn keeper(
     pod_config: PodSandboxConfig,
     image: String,
 ) {
-    let Some(Some(pod)) = tracked(
-        &shared,
-        slot,
-        &mut cri,
-        Call::RunPod(Box::new(pod_config.clone())),
-    )
-    .await
+    let kept = ("kept", image.as_str(), &["sleep", "100000"][..]);
+    let Some((pod, id)) =
+        tracked_pod_and_container(&shared, slot, &mut cri, &pod_config, kept).await
     else {
-        return;
-    };
-    let create = Call::CreateContainer {
-        pod: pod.clone(),
-        sandbox: Box::new(pod_config),
-        config: Box::new(container_config("kept", &image, &["sleep", "100000"])),
-    };
-    let Some(Some(id)) = tracked(&shared, slot, &mut cri, create).await else {
         return;
     };
     if tracked(&shared, slot, &mut cri, Call::StartContainer(id.clone()))
