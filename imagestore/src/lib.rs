@@ -4,6 +4,7 @@
 pub mod compression;
 pub mod content;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metadata;
