@@ -795,6 +795,17 @@ impl Sandboxes {
         record.ok_or_else(not_found)
     }
 
+    /// The records `keep` accepts, oldest first; only those are cloned (the stats calls).
+    pub fn records_where(&self, keep: impl Fn(&SandboxRecord) -> bool) -> Vec<SandboxRecord> {
+        let slots: Vec<Slot> = lock(&self.index).slots.values().cloned().collect();
+        let mut out: Vec<SandboxRecord> = slots
+            .iter()
+            .filter_map(|slot| lock(slot).as_ref().filter(|r| keep(r)).cloned())
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        out
+    }
+
     /// PodSandboxStatus; `verbose` adds `info["info"]`, a JSON document with the sandbox's
     /// pins, files, cgroup parent, hostname and config.
     pub fn status(&self, query: &str, verbose: bool) -> Result<cri::PodSandboxStatusResponse> {

@@ -456,10 +456,24 @@ impl Containers {
         self.get(query).map(|(_, _, record)| record)
     }
 
-    /// The records of every container (stats), in no particular order.
+    /// The records of every container, in no particular order.
     pub fn snapshots(&self) -> Vec<ContainerRecord> {
+        self.records_where(|_| true)
+    }
+
+    /// The records `keep` accepts, in no particular order. Only those are cloned: the stats
+    /// calls want the live containers of a filter, and a record carries the whole config.
+    pub fn records_where(&self, keep: impl Fn(&ContainerRecord) -> bool) -> Vec<ContainerRecord> {
         let entries: Vec<Arc<Entry>> = lock(&self.index).entries.values().cloned().collect();
-        entries.iter().filter_map(|e| e.snapshot()).collect()
+        entries
+            .iter()
+            .filter_map(|e| lock(&e.record).as_ref().filter(|r| keep(r)).cloned())
+            .collect()
+    }
+
+    /// The ids of every container.
+    pub fn ids(&self) -> HashSet<String> {
+        lock(&self.index).entries.keys().cloned().collect()
     }
 
     /// The statuses of the containers of pod sandbox `sandbox_id` (a full id), oldest first:

@@ -246,26 +246,30 @@ impl StatsCollector {
         containers: &Containers,
         filter: Option<&cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats> {
-        let records = containers.snapshots();
         if filter.is_none() {
-            let live: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-            self.layers.retain(&live);
+            let ids = containers.ids();
+            self.layers
+                .retain(&ids.iter().map(String::as_str).collect::<HashSet<&str>>());
         }
-        records
+        containers
+            .records_where(|r| has_stats(r) && container_matches(filter, r))
             .into_iter()
-            .filter(|r| r.phase != ContainerPhase::Exited && r.phase != ContainerPhase::Creating)
-            .filter(|r| container_matches(filter, r))
             .map(|r| self.cri_container(&self.sample_container(r, Rate::Track)))
             .collect()
     }
 
-    /// Reads the ready pods `ids` (full ids), with their containers from `all`.
+    /// Reads the ready pods `pods` with their live containers.
     fn sample_pods(
         &self,
+        containers: &Containers,
         pods: Vec<SandboxRecord>,
-        all: &[ContainerRecord],
         rate: Rate,
     ) -> Vec<PodSample> {
+        let ids: HashSet<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+        let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+        for c in containers.records_where(|c| has_stats(c) && ids.contains(c.sandbox_id.as_str())) {
+            by_pod.entry(c.sandbox_id.clone()).or_default().push(c);
+        }
         let pins: Vec<(usize, PathBuf)> = pods
             .iter()
             .enumerate()
@@ -279,13 +283,11 @@ impl StatsCollector {
         pods.into_iter()
             .zip(networks)
             .map(|(record, network)| {
-                let containers: Vec<ContainerSample> = all
-                    .iter()
-                    .filter(|c| c.sandbox_id == record.id)
-                    .filter(|c| {
-                        c.phase != ContainerPhase::Exited && c.phase != ContainerPhase::Creating
-                    })
-                    .map(|c| self.sample_container(c.clone(), rate))
+                let containers: Vec<ContainerSample> = by_pod
+                    .remove(&record.id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| self.sample_container(c, rate))
                     .collect();
                 let cgroup_path = self.pod_cgroup(&record);
                 let cgroup = match &cgroup_path {
@@ -320,17 +322,12 @@ impl StatsCollector {
         filter: Option<&cri::PodSandboxStatsFilter>,
         rate: Rate,
     ) -> Vec<PodSample> {
-        let pods: Vec<SandboxRecord> = sandboxes
-            .list(None)
-            .into_iter()
-            .filter_map(|p| sandboxes.record(&p.id).ok())
-            .filter(|r| r.phase == SandboxPhase::Ready)
-            .filter(|r| pod_matches(filter, r))
-            .collect();
+        let pods =
+            sandboxes.records_where(|r| r.phase == SandboxPhase::Ready && pod_matches(filter, r));
         if pods.is_empty() {
             return Vec::new();
         }
-        self.sample_pods(pods, &containers.snapshots(), rate)
+        self.sample_pods(containers, pods, rate)
     }
 
     /// PodSandboxStats of the pod `query` names; FailedPrecondition when it is not ready (a
@@ -349,7 +346,7 @@ impl StatsCollector {
             )));
         }
         let sample = self
-            .sample_pods(vec![record], &containers.snapshots(), Rate::Track)
+            .sample_pods(containers, vec![record], Rate::Track)
             .pop()
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {query} not found")))?;
         Ok(self.cri_pod(&sample))
@@ -525,6 +522,12 @@ fn sum<'a>(all: impl Iterator<Item = &'a CgroupStats>) -> CgroupStats {
 }
 
 /// Whether a container passes a ListContainerStats filter (ids by prefix, as ListContainers).
+/// Whether a container has a cgroup to read: created or running (an exited one has none
+/// left, and containerd leaves it out too).
+fn has_stats(r: &ContainerRecord) -> bool {
+    r.phase != ContainerPhase::Exited && r.phase != ContainerPhase::Creating
+}
+
 fn container_matches(filter: Option<&cri::ContainerStatsFilter>, r: &ContainerRecord) -> bool {
     let Some(f) = filter else {
         return true;
