@@ -444,14 +444,21 @@ impl Containers {
         match Shim::connect(shim, id) {
             Ok(s) => {
                 match s.delete("") {
-                    Ok(()) => {}
-                    // Never created, or deleted by an earlier try.
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(shim_error(id, "delete", e)),
+                    // The shim went away during the call: it exits by itself a while after a
+                    // Delete, and on a loaded node that can come before its answer leaves (or
+                    // it died). Either way the runtime removes whatever is left, idempotently.
+                    Err(CallError::Gone(_)) => {
+                        wait_gone(shim, id);
+                        super::lifecycle::clean_up_after_dead_shim(&self.shim, id);
+                    }
+                    Err(e) if !e.is_not_found() => return Err(shim_error(id, "delete", e)),
+                    // Deleted now, or never created or deleted by an earlier try.
+                    _ => {
+                        s.shutdown()
+                            .map_err(|e| shim_error(id, "shut down its shim", e))?;
+                        wait_gone(shim, id);
+                    }
                 }
-                s.shutdown()
-                    .map_err(|e| shim_error(id, "shut down its shim", e))?;
-                wait_gone(shim, id);
             }
             // No shim deleted the init, its cgroup and runtime state: the runtime does.
             Err(CallError::Gone(_)) => super::lifecycle::clean_up_after_dead_shim(&self.shim, id),

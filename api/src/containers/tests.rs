@@ -409,3 +409,35 @@ fn binaries_default_to_the_daemons_directory_unless_configured() {
     assert_eq!(s.shim.runtime, Path::new("/usr/bin/runc"));
     assert!(s.shim.systemd_cgroup);
 }
+
+/// A shim exits by itself a while after Delete; on a loaded node that can beat its answer.
+/// RemoveContainer then still removes everything instead of failing with "the shim is gone".
+#[test]
+fn a_shim_that_goes_away_during_delete_still_lets_the_container_go() {
+    let env = Env::new();
+    let (sandboxes, containers) = env.open();
+    let pod = sandboxes.run(&pod_request("p")).unwrap();
+    drop(containers);
+    let mut r = left_behind(&env, &pod, ContainerPhase::Exited);
+    r.exit_code = 0;
+    r.reason = record::REASON_COMPLETED.into();
+    sandboxes.records().put_container(&r).unwrap();
+    let containers = open_in(env.dir.path(), &Config::default(), &sandboxes);
+
+    // One connection: the Delete request arrives, then the shim is gone without an answer.
+    let listener = std::os::unix::net::UnixListener::bind(&r.shim.socket).unwrap();
+    let shim = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 64];
+        let n = std::io::Read::read(&mut conn, &mut request).unwrap();
+        assert!(n > 0, "no request reached the shim");
+    });
+    containers.remove(&r.id).unwrap();
+    shim.join().unwrap();
+    assert!(!r.dir.exists());
+    assert!(!r.shim.state_dir.exists());
+    assert!(!r.shim.socket.exists());
+    assert!(containers.list(None).is_empty());
+    assert!(sandboxes.records().containers().unwrap().is_empty());
+    sandboxes.remove(&pod).unwrap();
+}
