@@ -8,7 +8,9 @@
 //! would refuse hugepage limits there), the v1 limits every container has written directly
 //! (building libcgroups' v1 manager costs about a millisecond, see `v1_limits`), and removal,
 //! process listing, signalling and stats read directly from the cgroup files so they work
-//! with whatever controllers a node has.
+//! with whatever controllers a node has. cgroup v2 has no devices controller: there the
+//! device rules are folded as v1 folds them and enforced by an eBPF program attached to the
+//! cgroup (`device_policy`, `device_bpf`), which libcgroups does only when built with libbpf.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -24,6 +26,8 @@ use oci_spec::runtime::{LinuxResources, LinuxResourcesBuilder};
 
 use crate::error::{Error, Result};
 
+mod device_bpf;
+mod device_policy;
 mod hierarchy;
 mod join;
 mod stats;
@@ -398,13 +402,13 @@ impl Cgroup {
                     .apply(&controller_opt(&v1_resources))
                     .map_err(cg_err(what()))
             }
-            Backend::V2 { manager, .. } => {
-                if resources.devices().as_ref().is_some_and(|d| !d.is_empty()) {
-                    // libcgroups enforces v2 device rules with eBPF only when built with libbpf.
-                    tracing::warn!(
-                        cgroup = %self.rel.display(),
-                        "device cgroup rules are not enforced on cgroup v2 by this build"
-                    );
+            Backend::V2 { manager, dir } => {
+                // libcgroups (built without libbpf) leaves device rules alone on cgroup v2;
+                // they are compiled and attached here, before any other limit, so a policy
+                // that cannot be enforced fails the call with nothing else changed.
+                if let Some(rules) = resources.devices().as_ref().filter(|d| !d.is_empty()) {
+                    let policy = device_policy::DevicePolicy::for_container(rules)?;
+                    device_bpf::install(dir, &policy)?;
                 }
                 manager
                     .apply(&controller_opt(resources))
@@ -1029,6 +1033,147 @@ mod tests {
         wait_until("an empty cgroup", || {
             cg.pids().map(|p| p.is_empty()).unwrap_or(false)
         });
+        cg.delete().expect("delete");
+        assert!(!dir.exists());
+    }
+
+    /// Opens each device node (and makes one) from a process inside `cg`; one line per
+    /// attempt: the path, then `ok` or the shell's error.
+    fn probe_devices(cg: &Cgroup, scratch: &Path, block: (u32, u32)) -> String {
+        use std::io::{Read, Write};
+        let script = r#"read _
+try() { if out=$( (eval "$1") 2>&1 ); then echo "$2 ok"; else echo "$2 $out"; fi; }
+try 'exec 3</dev/null' null
+try 'exec 3</dev/kmsg' kmsg
+try "mknod $0/blk b $1 $2" mknod
+try "exec 3<$0/blk" block
+rm -f "$0/blk""#;
+        let mut child = Command::new("sh")
+            .args(["-c", script])
+            .arg(scratch)
+            .args([block.0.to_string(), block.1.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn probe");
+        cg.add_task(child.id() as i32).expect("add probe");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("release probe");
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("probe output");
+        assert!(child.wait().expect("wait probe").success(), "{out}");
+        out
+    }
+
+    fn verdict<'a>(out: &'a str, what: &str) -> &'a str {
+        out.lines()
+            .find_map(|l| l.strip_prefix(what)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {what} line in {out}"))
+    }
+
+    /// cgroup v2 has no devices files: the rules are enforced by the eBPF program attached to
+    /// the cgroup, and must allow and deny what the v1 controller would.
+    #[test]
+    fn v2_device_rules_are_enforced_with_ebpf() {
+        let node = Hierarchy::detect().expect("detect");
+        let Some(root) = node.unified.clone() else {
+            eprintln!("no cgroup2 hierarchy on this node: v2 device rules not tested");
+            return;
+        };
+        // A block device of this machine, opened read-only through a node made in scratch.
+        let block = std::fs::read_dir("/sys/dev/block")
+            .expect("/sys/dev/block")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                let (major, minor) = name.split_once(':')?;
+                Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
+            })
+            .next()
+            .expect("a block device");
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let hierarchy = Hierarchy::v2(root);
+        let parent = TestParent::new(hierarchy.clone(), "v2dev");
+        let cg = Cgroup::new_in(&hierarchy, &parent.child_path(), "ctr").expect("create");
+        let dir = cg.dirs().remove(0);
+
+        let unrestricted = probe_devices(&cg, scratch.path(), block);
+        assert_eq!(verdict(&unrestricted, "kmsg"), "ok", "{unrestricted}");
+        assert_eq!(verdict(&unrestricted, "block"), "ok", "{unrestricted}");
+
+        let deny_all = LinuxDeviceCgroupBuilder::default()
+            .allow(false)
+            .access("rwm")
+            .build()
+            .expect("deny all");
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![deny_all.clone()])
+            .build()
+            .expect("resources");
+        cg.apply(&resources).expect("apply device rules");
+        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
+        let out = probe_devices(&cg, scratch.path(), block);
+        assert_eq!(verdict(&out, "null"), "ok", "{out}");
+        assert_eq!(verdict(&out, "mknod"), "ok", "mknod is allowed: {out}");
+        for denied in ["kmsg", "block"] {
+            assert!(
+                verdict(&out, denied).contains("Operation not permitted"),
+                "{denied}: {out}"
+            );
+        }
+
+        // An update replaces the program: still one attached, and the new rules hold.
+        let allow = |typ, major: u32, minor: u32| {
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(i64::from(major))
+                .minor(i64::from(minor))
+                .access("r")
+                .build()
+                .expect("allow rule")
+        };
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![
+                deny_all,
+                allow(LinuxDeviceType::C, 1, 11),
+                allow(LinuxDeviceType::B, block.0, block.1),
+            ])
+            .build()
+            .expect("resources");
+        cg.apply(&resources).expect("update device rules");
+        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
+        let out = probe_devices(&cg, scratch.path(), block);
+        assert_eq!(verdict(&out, "kmsg"), "ok", "{out}");
+        assert_eq!(verdict(&out, "block"), "ok", "{out}");
+
+        // Limits without device rules leave the policy alone.
+        cg.apply(&LinuxResources::default()).expect("apply nothing");
+        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
+
+        // A rule the controller has no word for fails the call and attaches nothing new.
+        let fifo = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::P)
+            .access("r")
+            .build()
+            .expect("fifo rule");
+        let bad = LinuxResourcesBuilder::default()
+            .devices(vec![fifo])
+            .build()
+            .expect("resources");
+        let err = cg.apply(&bad).expect_err("type p refused");
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
+
         cg.delete().expect("delete");
         assert!(!dir.exists());
     }

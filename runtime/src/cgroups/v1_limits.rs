@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxCpu, LinuxMemory, LinuxResources};
 
+use super::device_policy::DEFAULT_DEVICE_RULES;
+
 /// Reading and writing cgroup files; errors are worded as libcgroups words them.
 pub(crate) trait CgroupFiles {
     /// Writes `data` in one write(2) to an existing file.
@@ -64,23 +66,6 @@ impl CgroupFiles for Fs {
         std::fs::read_to_string(path).map_err(|e| format!("failed to read {}: {e}", path.display()))
     }
 }
-
-/// The device rules every container gets after its own, as libcgroups (and runc) add them:
-/// the standard character devices, mknod of anything, the console, ptys and tun.
-const DEFAULT_DEVICE_RULES: [&str; 12] = [
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 5:0 rwm",
-    "c 1:9 rwm",
-    "c 1:8 rwm",
-    "c *:* m",
-    "b *:* m",
-    "c 5:1 rwm",
-    "c 136:* rwm",
-    "c 5:2 rwm",
-    "c 10:200 rwm",
-];
 
 /// Whether [`apply`] covers everything in `resources`.
 pub(crate) fn handles(resources: &LinuxResources) -> bool {
