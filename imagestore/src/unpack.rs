@@ -7,6 +7,7 @@
 //! that never follow a final symlink. Entry names are clamped the same way: `../../etc/x` lands
 //! at `<dest>/etc/x`, as with containerd.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet};
 use std::ffi::{CStr, CString};
 use std::fmt::Display;
@@ -15,6 +16,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use nix::dir::Dir;
 use nix::errno::Errno;
@@ -35,6 +37,13 @@ const COPY_CHUNK: usize = 128 * 1024;
 /// A chunk of zeros to compare chunks against.
 static ZEROS: [u8; COPY_CHUNK] = [0; COPY_CHUNK];
 
+/// The most hole bytes (apparent size minus archived data) the GNU sparse files of one layer
+/// may add up to. Holes cost no disk, but the `tar` crate hands them over as zeros, so each
+/// byte of them costs CPU (about 100 GiB in 2 s here), and a header of a few hundred bytes
+/// can declare exabytes: without a budget one small hostile layer would keep a core busy for
+/// good. containerd refuses GNU sparse entries altogether.
+pub const SPARSE_HOLE_BUDGET: u64 = 256 << 30;
+
 /// Disk use of an unpacked layer, measured after it is applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LayerStats {
@@ -49,6 +58,31 @@ pub struct LayerStats {
 /// `layer` is the layer digest, used in error messages. OCI whiteouts become overlayfs
 /// whiteouts. The stream is read to its end, so a caller hashing it sees every byte.
 pub fn apply_layer<R: Read>(tar_stream: R, dest: &Path, layer: &str) -> Result<LayerStats> {
+    apply_layer_with(tar_stream, dest, layer, SPARSE_HOLE_BUDGET)
+}
+
+/// A reader that counts the bytes read through it, so the unpacker can tell a sparse file's
+/// holes (which the `tar` crate produces without reading the archive) from its data.
+struct Counted<R> {
+    inner: R,
+    read: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// [`apply_layer`] with the sparse files' hole budget given.
+fn apply_layer_with<R: Read>(
+    tar_stream: R,
+    dest: &Path,
+    layer: &str,
+    hole_budget: u64,
+) -> Result<LayerStats> {
     let root = nix::fcntl::open(
         dest,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -60,8 +94,13 @@ pub fn apply_layer<R: Read>(tar_stream: R, dest: &Path, layer: &str) -> Result<L
         layer,
         dir_times: BTreeMap::new(),
         buf: vec![0; COPY_CHUNK],
+        hole_budget,
+        archive_read: Rc::new(Cell::new(0)),
     };
-    let mut archive = tar::Archive::new(tar_stream);
+    let mut archive = tar::Archive::new(Counted {
+        inner: tar_stream,
+        read: applier.archive_read.clone(),
+    });
     let mut count = 0u64;
     {
         let entries = archive
@@ -75,7 +114,7 @@ pub fn apply_layer<R: Read>(tar_stream: R, dest: &Path, layer: &str) -> Result<L
         }
     }
     // Padding after the end-of-archive blocks is part of the layer's diff ID.
-    io::copy(&mut archive.into_inner(), &mut io::sink())
+    io::copy(&mut archive.into_inner().inner, &mut io::sink())
         .map_err(|e| applier.archive_err(format!("reading archive: {e}")))?;
     // Measured before directory times are set: reading a directory updates its atime.
     let stats = usage_of(&applier.root).map_err(|e| Error::io("measure", dest, e.into()))?;
@@ -170,6 +209,10 @@ struct Applier<'a> {
     /// Directory mtimes, applied after all entries since creating children changes them.
     dir_times: BTreeMap<Vec<u8>, TimeSpec>,
     buf: Vec<u8>,
+    /// Hole bytes the layer's remaining GNU sparse files may have.
+    hole_budget: u64,
+    /// Bytes read from the archive so far.
+    archive_read: Rc<Cell<u64>>,
 }
 
 impl Applier<'_> {
@@ -200,6 +243,9 @@ impl Applier<'_> {
                 "skipping tar entry of unsupported type");
             return Ok(());
         };
+        if kind == (Kind::File { sparse: true }) {
+            self.spend_hole_budget(entry, &shown)?;
+        }
         let comps = normalize(&raw_path);
         let Some((&name, parent_comps)) = comps.split_last() else {
             // containerd ignores these too: the root's metadata is not the layer's to set.
@@ -260,6 +306,34 @@ impl Applier<'_> {
         }
     }
 
+    /// Takes a GNU sparse file's holes off the layer's budget, refusing the layer (before the
+    /// file is made) when they exceed it.
+    fn spend_hole_budget<R: Read>(&mut self, entry: &tar::Entry<'_, R>, shown: &str) -> Result<()> {
+        const GIB: f64 = (1u64 << 30) as f64;
+        // The tar crate has checked the sparse map: the entry's size is the apparent size.
+        let archived = entry
+            .header()
+            .entry_size()
+            .map_err(|e| self.err(shown, format_args!("sparse file size: {e}")))?;
+        let holes = entry.size().saturating_sub(archived);
+        match self.hole_budget.checked_sub(holes) {
+            Some(left) => {
+                self.hole_budget = left;
+                Ok(())
+            }
+            None => Err(self.err(
+                shown,
+                format_args!(
+                    "sparse file with {:.1} GiB of holes: a layer's sparse files may have \
+                     {} GiB of holes in all, and {:.1} GiB are left",
+                    holes as f64 / GIB,
+                    SPARSE_HOLE_BUDGET >> 30,
+                    self.hole_budget as f64 / GIB
+                ),
+            )),
+        }
+    }
+
     fn make_file<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
@@ -276,7 +350,7 @@ impl Applier<'_> {
         )
         .map_err(|e| self.err(at.shown, format_args!("creating file: {e}")))?;
         let file = File::from(fd);
-        let copied = copy_sparse(entry, &file, &mut self.buf).map_err(|e| {
+        let copied = copy_sparse(entry, &file, &mut self.buf, &self.archive_read).map_err(|e| {
             // A full disk is the node's condition, not the layer's fault: keep the errno so
             // the daemon answers RESOURCE_EXHAUSTED rather than blaming the image.
             if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
@@ -731,11 +805,19 @@ fn make_implicit_dir(parent: &OwnedFd, name: &[u8]) -> nix::Result<OwnedFd> {
 }
 
 /// Copies an entry's data, leaving all-zero chunks as holes, so sparse files (a huge
-/// `/var/log/lastlog`, say) stay sparse. Returns the file size.
-fn copy_sparse(src: &mut impl Read, file: &File, buf: &mut [u8]) -> io::Result<u64> {
+/// `/var/log/lastlog`, say) stay sparse. Returns the file size. `archive_read` counts the
+/// bytes read from the archive: a chunk read without any is a GNU sparse file's hole, zeros
+/// that need no comparing.
+fn copy_sparse(
+    src: &mut impl Read,
+    file: &File,
+    buf: &mut [u8],
+    archive_read: &Cell<u64>,
+) -> io::Result<u64> {
     let mut offset = 0u64;
     let mut trailing_hole = false;
     loop {
+        let before = archive_read.get();
         let n = read_full(src, buf)?;
         if n == 0 {
             break;
@@ -743,7 +825,7 @@ fn copy_sparse(src: &mut impl Read, file: &File, buf: &mut [u8]) -> io::Result<u
         let chunk = &buf[..n];
         // A slice comparison is a memcmp: a huge sparse file is mostly zero chunks, and a
         // byte-by-byte scan made its holes cost minutes of CPU.
-        trailing_hole = chunk == &ZEROS[..n];
+        trailing_hole = archive_read.get() == before || chunk == &ZEROS[..n];
         if !trailing_hole {
             file.write_all_at(chunk, offset)?;
         }
@@ -1713,6 +1795,98 @@ mod tests {
         assert_eq!(fs::read(layer.path("sparse")).expect("read"), tail);
         let zeros = lstat(&layer.path("zeros"));
         assert_eq!((zeros.len(), zeros.blocks()), (2 << 20, 0));
+    }
+
+    /// A tar of GNU sparse files: each has 512 bytes of data (`name` and a newline, then
+    /// zeros... then `x`), a hole, and 512 more bytes ending in `y`, `apparent` bytes in all.
+    fn sparse_tar(files: &[(&str, u64)]) -> Vec<u8> {
+        fn octal(field: &mut [u8; 12], n: u64) {
+            if n < 8u64.pow(11) {
+                field.copy_from_slice(format!("{n:011o}\0").as_bytes());
+            } else {
+                // GNU's base-256 form for numbers octal cannot hold.
+                field.fill(0);
+                field[0] = 0x80;
+                field[4..].copy_from_slice(&n.to_be_bytes());
+            }
+        }
+        let mut builder = Builder::new(Vec::new());
+        for (name, apparent) in files {
+            let mut h = Header::new_gnu();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_entry_type(EntryType::GNUSparse);
+            h.set_size(1024);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            let gnu = h.as_gnu_mut().expect("GNU header");
+            octal(&mut gnu.sparse[0].offset, 0);
+            octal(&mut gnu.sparse[0].numbytes, 512);
+            octal(&mut gnu.sparse[1].offset, apparent - 512);
+            octal(&mut gnu.sparse[1].numbytes, 512);
+            octal(&mut gnu.realsize, *apparent);
+            h.set_cksum();
+            let mut data = vec![0u8; 1024];
+            data[..name.len()].copy_from_slice(name.as_bytes());
+            data[name.len()] = b'\n';
+            data[511] = b'x';
+            data[1023] = b'y';
+            builder.append(&h, &data[..]).expect("append");
+        }
+        builder.into_inner().expect("finish tar")
+    }
+
+    #[test]
+    fn gnu_sparse_files_keep_their_holes() {
+        let layer = Layer::new();
+        let apparent = 3u64 << 30;
+        apply_layer(&sparse_tar(&[("big", apparent)])[..], &layer.root(), LAYER)
+            .expect("apply sparse layer");
+        let path = layer.path("big");
+        let meta = lstat(&path);
+        assert_eq!(meta.len(), apparent);
+        // The two chunks that hold data, at most.
+        assert!(
+            meta.blocks() * 512 <= 2 * COPY_CHUNK as u64,
+            "{} blocks",
+            meta.blocks()
+        );
+        let file = File::open(&path).expect("open");
+        let mut head = [0u8; 512];
+        file.read_exact_at(&mut head, 0).expect("head");
+        assert!(head.starts_with(b"big\n") && head[511] == b'x');
+        let mut middle = [1u8; 4096];
+        file.read_exact_at(&mut middle, apparent / 2)
+            .expect("middle");
+        assert!(middle.iter().all(|&b| b == 0));
+        let mut tail = [0u8; 512];
+        file.read_exact_at(&mut tail, apparent - 512).expect("tail");
+        assert_eq!(tail[511], b'y');
+    }
+
+    #[test]
+    fn sparse_holes_beyond_the_layers_budget_refuse_the_layer() {
+        let layer = Layer::new();
+        let tar = sparse_tar(&[("first", 600 << 20), ("second", 600 << 20)]);
+        let err = apply_layer_with(&tar[..], &layer.root(), LAYER, 1 << 30)
+            .expect_err("second file over budget");
+        let message = err.to_string();
+        assert!(matches!(err, Error::Layer { .. }), "{message}");
+        assert!(message.contains("\"second\""), "{message}");
+        assert!(message.contains("GiB of holes"), "{message}");
+        assert_eq!(lstat(&layer.path("first")).len(), 600 << 20);
+        assert!(
+            fs::symlink_metadata(layer.path("second")).is_err(),
+            "refused before the file was made"
+        );
+        // A declared size far beyond any budget is refused at once, without reading a hole.
+        let layer = Layer::new();
+        let started = std::time::Instant::now();
+        let huge = sparse_tar(&[("huge", 1 << 60)]);
+        let err = apply_layer(&huge[..], &layer.root(), LAYER).expect_err("exabyte of holes");
+        assert!(err.to_string().contains("GiB of holes"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

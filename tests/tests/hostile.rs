@@ -13,6 +13,8 @@
 //!
 //! `BUNGEO_HOSTILE_FILES` sets the tar bomb's file count (default 100000; the long run
 //! uses 1000000). `BUNGEO_HOSTILE_SPARSE_GIB` sets the sparse file's apparent size (default 100).
+//! A sparse file declaring more holes than a layer may have (bungeo's budget is 256 GiB a
+//! layer) is refused at once.
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -36,6 +38,7 @@ fn main() {
         check!(hardlink_to_host_file),
         check!(device_nodes),
         check!(huge_sparse_file_stays_sparse),
+        check!(exabytes_of_sparse_holes_are_refused_at_once),
         check!(tar_bomb_of_empty_files),
         check!(setuid_and_setgid_files_keep_their_bits),
     ])
@@ -423,6 +426,42 @@ async fn huge_sparse_file_stays_sparse(mut ctx: Ctx) -> Result<()> {
     ctx.cri.remove_image(&reference).await?;
     ctx.cri.version().await?;
     host.ensure_untouched()
+}
+
+/// A header of a few hundred bytes declaring an exabyte of holes: unpacked, it would keep a
+/// core busy for days. bungeo refuses the layer at once, over its per-layer hole budget;
+/// containerd refuses every GNU sparse entry.
+async fn exabytes_of_sparse_holes_are_refused_at_once(mut ctx: Ctx) -> Result<()> {
+    let host = HostDir::new(&ctx, "exabyte")?;
+    let mut t = RawTar::new();
+    // Unpacked before the refusal: the failed pull must not leave it in the store.
+    t.file("exabyte-before", 0o644, b"unpacked first\n")?;
+    t.sparse("exabyte", 1 << 60)?;
+    let reference = push_layer(&ctx, "exabyte", &t.finish()?).await?;
+    let started = std::time::Instant::now();
+    let outcome = pull_then_check_alive(&mut ctx, &reference).await?;
+    let took = started.elapsed();
+    host.ensure_untouched()?;
+    let Err(message) = outcome else {
+        bail!("an exabyte of holes was pulled");
+    };
+    ensure!(
+        took < std::time::Duration::from_secs(30),
+        "refused only after {took:?}"
+    );
+    if ctx.target == Target::Bungeo {
+        ensure!(
+            message.contains("GiB of holes") && message.contains("exabyte"),
+            "the error names neither the file nor the holes: {message}"
+        );
+        let root = ctx.daemon()?.root().to_path_buf();
+        ensure!(
+            find_named(&root, "exabyte-before", 8).is_err(),
+            "a half-unpacked layer was left in {}",
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// The first file named `name` at most `depth` levels below `dir`.
