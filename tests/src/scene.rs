@@ -172,6 +172,21 @@ impl Scene {
         Self::new(cri, ctx.target, ctx.unique(check), layout)
     }
 
+    /// Pulls `image` on `cri`, then an empty scene for `check`: for suites whose scenes run
+    /// containers of one image.
+    pub async fn with_image(
+        ctx: &Ctx,
+        mut cri: Cri,
+        check: &str,
+        layout: Layout,
+        image: &str,
+    ) -> Result<Self> {
+        cri.pull(image, None)
+            .await
+            .with_context(|| format!("pull {image}"))?;
+        Self::for_check(ctx, cri, check, layout)
+    }
+
     /// `/<cgroup root>/<unique>`.
     pub fn cgroup_parent(&self) -> String {
         format!("/{}/{}", self.layout.cgroup_root, self.unique)

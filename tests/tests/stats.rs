@@ -110,15 +110,12 @@ impl Scene {
     }
 }
 
-async fn with_scene<F>(ctx: &Ctx, mut cri: Cri, check: &str, body: F) -> Result<()>
+async fn with_scene<F>(ctx: &Ctx, cri: Cri, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
     let image = ctx.fx.reference(PLAIN);
-    cri.pull(&image, None)
-        .await
-        .with_context(|| format!("pull {image}"))?;
-    let base = scene::Scene::for_check(ctx, cri, check, LAYOUT)?;
+    let base = scene::Scene::with_image(ctx, cri, check, LAYOUT, &image).await?;
     scene::run_in(Scene { base, image }, body).await
 }
 

@@ -184,12 +184,8 @@ async fn with_scene<F>(ctx: &Ctx, check: &str, body: F) -> Result<()>
 where
     F: AsyncFnOnce(&mut Scene) -> Result<()>,
 {
-    let mut cri = ctx.cri.clone();
     let image = ctx.fx.reference(PLAIN);
-    cri.pull(&image, None)
-        .await
-        .with_context(|| format!("pull {image}"))?;
-    let base = scene::Scene::for_check(ctx, cri, check, LAYOUT)?;
+    let base = scene::Scene::with_image(ctx, ctx.cri.clone(), check, LAYOUT, &image).await?;
     scene::run_in(Scene { base, image }, body).await
 }
 

@@ -1114,13 +1114,17 @@ rm -f "$0/blk""#;
             .access("rwm")
             .build()
             .expect("deny all");
-        let resources = LinuxResourcesBuilder::default()
-            .devices(vec![deny_all.clone()])
-            .build()
-            .expect("resources");
-        cg.apply(&resources).expect("apply device rules");
-        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
-        let out = probe_devices(&cg, scratch.path(), block);
+        // Applies the rules (always as one attached program), then probes from inside.
+        let enforce = |rules: Vec<oci_spec::runtime::LinuxDeviceCgroup>| {
+            let resources = LinuxResourcesBuilder::default()
+                .devices(rules)
+                .build()
+                .expect("resources");
+            cg.apply(&resources).expect("apply device rules");
+            assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
+            probe_devices(&cg, scratch.path(), block)
+        };
+        let out = enforce(vec![deny_all.clone()]);
         assert_eq!(verdict(&out, "null"), "ok", "{out}");
         assert_eq!(verdict(&out, "mknod"), "ok", "mknod is allowed: {out}");
         for denied in ["kmsg", "block"] {
@@ -1141,17 +1145,11 @@ rm -f "$0/blk""#;
                 .build()
                 .expect("allow rule")
         };
-        let resources = LinuxResourcesBuilder::default()
-            .devices(vec![
-                deny_all,
-                allow(LinuxDeviceType::C, 1, 11),
-                allow(LinuxDeviceType::B, block.0, block.1),
-            ])
-            .build()
-            .expect("resources");
-        cg.apply(&resources).expect("update device rules");
-        assert_eq!(device_bpf::attached(&dir).expect("query"), 1);
-        let out = probe_devices(&cg, scratch.path(), block);
+        let out = enforce(vec![
+            deny_all,
+            allow(LinuxDeviceType::C, 1, 11),
+            allow(LinuxDeviceType::B, block.0, block.1),
+        ]);
         assert_eq!(verdict(&out, "kmsg"), "ok", "{out}");
         assert_eq!(verdict(&out, "block"), "ok", "{out}");
 
