@@ -120,6 +120,16 @@ impl CgroupJoin {
         }
     }
 
+    /// The fds [`join_self`](Self::join_self) writes to: every v1 `tasks` file and the v2
+    /// `cgroup.procs`, not the v2 directory (a child keeps these open only until it joined).
+    pub(crate) fn membership_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.v1_tasks
+            .iter()
+            .map(|(_, fd)| fd.as_raw_fd())
+            .chain(self.v2.as_ref().map(|v| v.procs.as_raw_fd()))
+            .collect()
+    }
+
     /// The v2 directory to clone a child into, when the node has a v2 hierarchy.
     pub(crate) fn v2_dir(&self) -> Option<BorrowedFd<'_>> {
         self.v2.as_ref().map(|v| v.dir.as_fd())
@@ -150,6 +160,13 @@ mod tests {
 
         let join = CgroupJoin::open(&v1, Some(&v2)).expect("open");
         assert!(join.v2_dir().is_some());
+        let members = join.membership_fds();
+        assert_eq!(members.len(), 3);
+        let dir = join.v2_dir().map(|d| d.as_raw_fd());
+        assert!(
+            dir.is_some_and(|d| !members.contains(&d)),
+            "the v2 directory is not kept"
+        );
         join.join_self(true).expect("join");
         for d in &v1 {
             assert_eq!(std::fs::read_to_string(d.join(TASKS)).expect("read"), "0");

@@ -87,6 +87,11 @@ pub(crate) fn pair() -> Result<(Channel, Channel)> {
 }
 
 impl Channel {
+    /// The socket's fd number, for the list of fds a child keeps open.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Sends one message.
     pub(crate) fn send(&self, msg: &Msg) -> Result<()> {
         let buf = msg.encode();

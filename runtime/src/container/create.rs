@@ -379,7 +379,7 @@ pub(crate) fn create(opts: &CreateOptions) -> Result<Container> {
             rootfs: rootfs.clone(),
             bundle: bundle.clone(),
             fifo_path,
-            _fifo: fifo_fd,
+            fifo: fifo_fd,
             new_cgroup_ns: new_cgroup,
             in_user_ns: new_user || joins_user,
             idmapped: idmapped_binds(&spec, &bundle)?,

@@ -45,12 +45,13 @@ pub(crate) struct InitPlan {
     /// `/proc/self/fd/<n>` of the O_PATH fd of `exec.fifo` (the path itself is outside the
     /// rootfs after pivot_root).
     pub fifo_path: CString,
-    /// Kept open so the fd number in `fifo_path` stays valid.
-    pub _fifo: OwnedFd,
+    /// Kept open (alone with stdio and preserved fds while the init waits) so the fd number
+    /// in `fifo_path` stays valid.
+    pub fifo: OwnedFd,
     pub new_cgroup_ns: bool,
     pub in_user_ns: bool,
     /// Idmapped binds made before the user namespace was joined, by spec mount index; the
-    /// init attaches them (closed at exec: O_CLOEXEC).
+    /// init attaches them (and closes them once its rootfs is ready).
     pub idmapped: Vec<(usize, OwnedFd)>,
 }
 
@@ -190,6 +191,17 @@ fn stage1(plan: &ChildPlan, ch: &Channel) -> std::result::Result<(), String> {
     let _quiet = tracing::dispatcher::set_default(&tracing::Dispatch::none());
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Before anything joins the container: a dumpable process whose capabilities drop to the
+    // container's lets any container process with its uid open /proc/<pid>/{exe,fd/*}, that
+    // is the runtime's binary and the host files it has open (CVE-2019-5736, CVE-2024-21626).
+    // The container process inherits this at clone time; its own execve decides afresh.
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes a flag of this process only.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "make the container setup process non-dumpable: {}",
+            errno_text(nix::errno::Errno::last())
+        ));
+    }
     // First, with the caller's credentials and namespaces, so that everything created from
     // here on (namespaces, the container process) is in the container's cgroup. An exec's
     // process joins in stage 2 instead: it creates nothing, and stage 1 in the cgroup would
@@ -266,13 +278,20 @@ fn stage2(
     use Stage2Error::{AfterReady, BeforeReady};
     let sys = LinuxSyscall;
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if let Some(join) = &plan.cgroup
-        && plan.init.is_none()
-    {
+    // Everything inherited from the runtime that this process does not need goes first: the
+    // cgroup's v2 directory it was cloned into, namespace files, the caller's own files.
+    // CLOEXEC is not enough: until the exec they are open, and a cwd of /proc/self/fd/N
+    // or a container process reading /proc/<pid>/fd/N would reach the host through them.
+    let mut keep = container_fds(plan, ch);
+    let joins_here = plan.cgroup.as_ref().filter(|_| plan.init.is_none());
+    keep.extend(joins_here.map(|j| j.membership_fds()).unwrap_or_default());
+    process::close_fds_except(3 + plan.preserve_fds, &keep);
+    if let Some(join) = joins_here {
         // Single-threaded, so writing `0` moves this whole process (see `CgroupJoin`); the
         // files were opened by the caller, whose credentials the kernel checks.
         join.join_self(plan.clone_into_cgroup)
             .map_err(BeforeReady)?;
+        process::close_fds_except(3 + plan.preserve_fds, &container_fds(plan, ch));
     }
     // A container's init born in its cgroup prepares its rootfs while the parent sets the
     // cgroup's limits (runc, too, sets them once the rootfs is ready); anything else waits
@@ -301,6 +320,12 @@ fn stage2(
             }
         }
     }
+    // The console socket and the idmapped mount trees have served; the start barrier and
+    // the channel stay.
+    let fifo = plan.init.as_ref().map(|i| i.fifo.as_raw_fd());
+    let mut keep = vec![ch.raw_fd()];
+    keep.extend(fifo);
+    process::close_fds_except(3 + plan.preserve_fds, &keep);
     if rootfs_before_go {
         // Before the process's own settings: from here on its limits apply, and a seccomp
         // filter loaded by `prepare` must not have to allow the receive.
@@ -311,10 +336,25 @@ fn stage2(
     let _ = nix::sys::prctl::set_pdeathsig(None);
     if let Some(init) = &plan.init {
         ch.send(&Msg::Ready).map_err(|e| BeforeReady(e2s(e)))?;
+        // Nobody listens any more: while it waits for `start`, the init holds its stdio, the
+        // preserved fds and the start barrier, nothing else.
+        process::close_fds_except(3 + plan.preserve_fds, &[init.fifo.as_raw_fd()]);
         wait_for_start(init).map_err(AfterReady)?;
         return process::exec(&plan.exec, &ready).map_err(AfterReady);
     }
     process::exec(&plan.exec, &ready).map_err(BeforeReady)
+}
+
+/// The fds the container process needs while it sets up: the sync channel, the console socket,
+/// the start barrier and the idmapped mount trees the init attaches.
+fn container_fds(plan: &ChildPlan, ch: &Channel) -> Vec<std::os::fd::RawFd> {
+    let mut keep = vec![ch.raw_fd()];
+    keep.extend(plan.console.as_ref().map(|c| c.as_raw_fd()));
+    if let Some(init) = &plan.init {
+        keep.push(init.fifo.as_raw_fd());
+        keep.extend(init.idmapped.iter().map(|(_, fd)| fd.as_raw_fd()));
+    }
+    keep
 }
 
 /// Ignored signals stay ignored across execve and the mask is inherited: a caller that
@@ -421,7 +461,5 @@ fn init_setup(
     if let Some(paths) = linux.and_then(|l| l.masked_paths().as_deref()) {
         rootfs::apply_masked_paths(sys, paths).map_err(e2s)?;
     }
-    // The fifo fd must survive until the barrier; everything else inherited is closed at exec.
-    let _ = init._fifo.as_raw_fd();
     Ok(())
 }

@@ -212,6 +212,7 @@ pub(crate) fn prepare(plan: &ExecPlan, preserve_fds: u32) -> std::result::Result
             errno_text(e)
         )
     })?;
+    verify_cwd_inside_root(&plan.cwd)?;
     let mut env = plan.env.clone();
     if !plan.has_home
         && let Ok(h) = CString::new(format!("HOME={}", home_of(plan.uid)))
@@ -255,6 +256,77 @@ fn lookup(plan: &ExecPlan) -> std::result::Result<CString, String> {
         "exec: {:?}: executable file not found in $PATH",
         plan.arg0
     ))
+}
+
+/// Fails unless the working directory is reachable from the process's root. A cwd given as a
+/// magic link (`/proc/self/fd/N`) to a directory outside the container (CVE-2024-21626) is
+/// not: the kernel's getcwd then answers ENOENT, or a path starting `(unreachable)`.
+fn verify_cwd_inside_root(asked: &std::path::Path) -> std::result::Result<(), String> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: the getcwd syscall writes at most `buf.len()` bytes into a live buffer. The raw
+    // syscall, not libc's wrapper, so the `(unreachable)` answer of older kernels is seen.
+    let r = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    let outside = |why: String| {
+        Err(format!(
+            "cwd ({:?}) set in config.json is outside the container's root ({why}): possible \
+             container breakout",
+            asked.display().to_string()
+        ))
+    };
+    if r < 0 {
+        return outside(errno_text(Errno::last()));
+    }
+    if buf.first() != Some(&b'/') {
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        return outside(String::from_utf8_lossy(&buf[..end]).into_owned());
+    }
+    Ok(())
+}
+
+/// Closes every fd from `from` up except those in `keep`, so nothing the runtime had open
+/// (a cgroup directory, namespace files, the caller's own files) stays reachable through
+/// `/proc/<pid>/fd` of a process that joins a container. Only for a process that no longer
+/// uses any fd outside `keep` (the container's children, which exec or exit).
+pub(crate) fn close_fds_except(from: u32, keep: &[i32]) {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter_map(|fd| u32::try_from(*fd).ok())
+        .filter(|fd| *fd >= from)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut lo = from;
+    for k in keep.iter().copied().chain(std::iter::once(u32::MAX)) {
+        if k > lo {
+            close_range(lo, k - 1);
+        }
+        if k == u32::MAX {
+            break;
+        }
+        lo = k + 1;
+    }
+}
+
+/// Closes fds `lo..=hi`.
+fn close_range(lo: u32, hi: u32) {
+    // SAFETY: close_range closes our own fds; the caller guarantees none of them is in use.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, lo, hi, 0u32) };
+    if r == 0 {
+        return;
+    }
+    // Kernels before 5.9: close what the fd table holds.
+    if let Ok(rd) = std::fs::read_dir("/proc/self/fd") {
+        let fds: Vec<u32> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|fd| (lo..=hi).contains(fd))
+            .collect();
+        for fd in fds {
+            // SAFETY: closing an fd number of ours; the directory's own fd, closed already by
+            // the iterator's drop, just fails with EBADF.
+            unsafe { libc::close(fd as i32) };
+        }
+    }
 }
 
 /// Marks every fd from `from` up close-on-exec, so nothing the caller had open leaks into
