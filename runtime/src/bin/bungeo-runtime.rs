@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, anyhow, bail};
 use bungeo_runtime::container::state::{STATE_FILE, State, rfc3339};
 use bungeo_runtime::container::{
-    ConsoleSocket, Container, CreateOptions, ExecOptions, parse_signal, tty, wait_exit_code,
+    ConsoleSocket, Container, CreateOptions, ExecOptions, parse_signal, sealed_exe, tty,
+    wait_exit_code,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 use nix::errno::Errno;
@@ -297,11 +298,22 @@ fn init_logging(cli: &Cli) {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(&cli);
     let sink = ErrorSink {
         log: cli.log.clone(),
         format: cli.log_format,
     };
+    // The commands whose children join a container run those from a sealed copy of this
+    // binary, so no container process can reach the binary on the host (CVE-2019-5736). Done
+    // before logging starts: the re-executed process starts it again.
+    if matches!(
+        cli.cmd,
+        Cmd::Create { .. } | Cmd::Run { .. } | Cmd::Exec { .. }
+    ) && let Err(e) = sealed_exe::reexec_sealed(&cli.root)
+    {
+        sink.report(&anyhow::Error::new(e).context("run from a sealed copy of bungeo-runtime"));
+        std::process::exit(1);
+    }
+    init_logging(&cli);
     match run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {

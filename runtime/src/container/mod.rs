@@ -12,12 +12,18 @@
 //!
 //! `create` clones the container's init with CLONE_PARENT, so it is a child of the caller,
 //! as are `exec`'d processes: the caller reaps them (see [`wait_exit_code`]).
+//!
+//! **Binary**: those children run the caller's binary until they exec, inside the container's
+//! namespaces. They are non-dumpable, but a caller should also run from a sealed copy of
+//! itself ([`sealed_exe::reexec_sealed`], as `bungeo-runtime` does for `create`, `run` and
+//! `exec`), so that no container process can ever reach the caller's binary on the host.
 
 mod channel;
 mod create;
 mod exec;
 mod init;
 mod process;
+pub mod sealed_exe;
 pub mod signal;
 pub mod state;
 pub mod tty;
