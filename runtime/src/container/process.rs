@@ -436,6 +436,68 @@ mod tests {
         );
     }
 
+    /// Runs `f` on a thread with a private fd table and fs context (root, cwd), so what it
+    /// closes or where it chroots touches nothing else in the test process.
+    fn isolated<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_FILES | nix::sched::CloneFlags::CLONE_FS,
+            )
+            .expect("unshare files and fs");
+            f()
+        })
+        .join()
+        .expect("the isolated thread")
+    }
+
+    #[test]
+    fn close_fds_except_closes_all_but_the_kept_ones() {
+        use std::os::fd::IntoRawFd;
+        let open: Vec<i32> = (0..6)
+            .map(|_| std::fs::File::open("/dev/null").unwrap().into_raw_fd())
+            .collect();
+        let (keep, gone): (Vec<i32>, Vec<i32>) = open.iter().partition(|fd| *fd % 2 == 0);
+        let (k, g) = (keep.clone(), gone.clone());
+        let alive = isolated(move || {
+            close_fds_except(3, &k);
+            // SAFETY: F_GETFD only reads the flags of an fd number.
+            let is_open = |fd: i32| unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0;
+            (
+                (0..3).all(is_open),
+                k.iter().all(|fd| is_open(*fd)),
+                g.iter().any(|fd| is_open(*fd)),
+            )
+        });
+        assert_eq!(alive, (true, true, false), "stdio, kept, any closed one");
+        for fd in open {
+            // SAFETY: our fds, closed once (the thread closed only its copies).
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    #[test]
+    fn a_cwd_outside_the_root_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: chroot needs root");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let (r, o) = (root.path().to_path_buf(), outside.path().to_path_buf());
+        let (inside, escaped) = isolated(move || {
+            let dir = std::fs::File::open(&o).unwrap();
+            nix::unistd::chroot(&r).unwrap();
+            nix::unistd::chdir("/").unwrap();
+            let inside = verify_cwd_inside_root(std::path::Path::new("/"));
+            nix::unistd::fchdir(&dir).unwrap();
+            let escaped = verify_cwd_inside_root(std::path::Path::new("/proc/self/fd/9"));
+            (inside, escaped)
+        });
+        assert_eq!(inside, Ok(()));
+        let e = escaped.unwrap_err();
+        assert!(e.contains("outside the container's root"), "{e}");
+    }
+
     #[test]
     fn lookup_messages_match_runc() {
         let p = process(
