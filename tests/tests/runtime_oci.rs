@@ -1156,14 +1156,16 @@ fn pid_namespace_peers(pid: i32) -> Result<Vec<i32>> {
         .collect())
 }
 
-/// Whether some thread of `pid` waits in `open` of a fifo for the other end.
+/// Whether some thread of `pid` waits in `open` of a fifo for the other end (its wait
+/// channel, or where the kernel hides symbols, a blocked `openat`).
 fn blocked_on_fifo(pid: i32) -> bool {
+    let blocked = |task: &Path| match fs::read_to_string(task.join("wchan")) {
+        Ok(w) if w != "0" && !w.is_empty() => w == "wait_for_partner",
+        _ => fs::read_to_string(task.join("syscall"))
+            .is_ok_and(|s| s.split_whitespace().next() == Some("257")),
+    };
     fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|tasks| {
-            tasks.filter_map(|t| t.ok()).any(|t| {
-                fs::read_to_string(t.path().join("wchan")).is_ok_and(|w| w == "wait_for_partner")
-            })
-        })
+        .map(|tasks| tasks.filter_map(|t| t.ok()).any(|t| blocked(&t.path())))
         .unwrap_or(false)
 }
 
