@@ -10,6 +10,7 @@ pub mod error;
 pub mod features;
 pub mod namespaces;
 pub mod process_settings;
+pub mod procfs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod spec;

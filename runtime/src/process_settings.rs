@@ -2,7 +2,6 @@
 //! no_new_privs.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Write};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -10,6 +9,8 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use oci_spec::runtime::{PosixRlimit, PosixRlimitType};
 
 use crate::error::{Error, Result};
+use crate::procfs::ProcRoot;
+use crate::syscall::describe;
 
 /// The kernel's name for an rlimit and nix's handle for it.
 fn rlimit_resource(typ: PosixRlimitType) -> (&'static str, Resource) {
@@ -149,33 +150,51 @@ pub fn validate_sysctls(
     Ok(())
 }
 
+/// Where a sysctl lives, relative to a procfs root.
 fn sysctl_path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+    PathBuf::from("sys").join(key.replace('.', "/"))
 }
 
 /// Writes each sysctl under `/proc/sys`. Only namespaced sysctls are accepted; whether the
 /// container really has its own IPC and network namespace is checked by [`validate_sysctls`]
 /// when the spec is built, as this runs inside the container where that is no longer known.
+///
+/// The files are opened through a [`ProcRoot`] (a fresh procfs where the kernel allows one),
+/// never by path: a volume mounted over `/proc/sys/...` holding a symlink to a global knob
+/// (`kernel/core_pattern`) must not turn a namespaced sysctl into a write on the host.
 pub fn apply_sysctls(sysctls: &HashMap<String, String>) -> Result<()> {
+    validate_sysctls(sysctls, false, false)?;
+    if sysctls.is_empty() {
+        return Ok(());
+    }
+    apply_sysctls_in(&ProcRoot::open()?, sysctls)
+}
+
+/// [`apply_sysctls`] through a given procfs root.
+pub fn apply_sysctls_in(proc: &ProcRoot, sysctls: &HashMap<String, String>) -> Result<()> {
     validate_sysctls(sysctls, false, false)?;
     let mut keys: Vec<&String> = sysctls.keys().collect();
     keys.sort();
     for key in keys {
         let value = &sysctls[key];
         let path = sysctl_path(key);
-        let result = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|mut f| f.write_all(value.as_bytes()));
-        match result {
+        match proc.write(&path, value.as_bytes()) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err(Error::Sys {
+                source: Errno::ENOENT,
+                ..
+            }) => {
                 return Err(Error::InvalidArgument(format!(
-                    "sysctl {key} does not exist on this kernel ({} missing)",
+                    "sysctl {key} does not exist on this kernel (/proc/{} missing)",
                     path.display()
                 )));
             }
-            Err(e) => return Err(Error::io("write sysctl", path, e)),
+            Err(e) => {
+                return Err(Error::Child(format!(
+                    "write sysctl {key}: {}",
+                    describe(&e)
+                )));
+            }
         }
     }
     Ok(())
@@ -301,7 +320,7 @@ mod tests {
         }
         assert_eq!(
             sysctl_path("net.ipv4.ip_forward"),
-            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+            PathBuf::from("sys/net/ipv4/ip_forward")
         );
     }
 

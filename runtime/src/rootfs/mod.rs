@@ -323,6 +323,8 @@ fn mount_into_rootfs(
             )),
         ));
     }
+    let kind = if o.is_bind() { "bind" } else { typ };
+    check_proc_destination(m, kind, &dest, &target, &ctx.rootfs).map_err(|e| mount_err(m, e))?;
     // proc and sysfs give the container the kernel's knobs: they must land exactly where
     // asked, never wherever an image's symlink points.
     if matches!(typ, "proc" | "sysfs") && target != secure_join::lexical_join(&ctx.rootfs, &dest) {
@@ -356,6 +358,63 @@ fn mount_into_rootfs(
     if o.attr_set != 0 || o.attr_clr != 0 {
         sys.mount_setattr(&target, true, o.attr_set, o.attr_clr)
             .map_err(|e| mount_err(m, e))?;
+    }
+    Ok(())
+}
+
+/// Files below `/proc` that may be mounted over, as runc allows: what lxcfs emulates.
+const PROC_MOUNT_EXCEPTIONS: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// Whether a mount may land on `path` (a clean absolute container path) as far as `/proc` is
+/// concerned: only a proc filesystem on `/proc` itself, and below it only the files lxcfs
+/// emulates. Anything else there (a volume on `/proc/sys/net/ipv4`, say) could redirect what
+/// the runtime later writes into procfs, or hide the kernel's knobs behind the container's own.
+pub fn proc_destination_allowed(path: &Path, typ: &str) -> bool {
+    let Ok(rel) = path.strip_prefix("/proc") else {
+        return true;
+    };
+    if rel.as_os_str().is_empty() {
+        return typ == "proc";
+    }
+    PROC_MOUNT_EXCEPTIONS.iter().any(|p| Path::new(p) == path)
+}
+
+/// runc's `checkProcMount`, on the destination as written and as resolved in the rootfs (an
+/// image's symlink must not carry a mount into `/proc` either).
+fn check_proc_destination(
+    m: &Mount,
+    typ: &str,
+    dest: &Path,
+    target: &Path,
+    rootfs: &Path,
+) -> Result<()> {
+    let resolved = target
+        .strip_prefix(rootfs)
+        .map(|r| Path::new("/").join(r))
+        .unwrap_or_else(|_| target.to_path_buf());
+    for p in [dest, resolved.as_path()] {
+        if !proc_destination_allowed(p, typ) {
+            let why = if p == Path::new("/proc") {
+                "only a proc filesystem may be mounted on /proc".to_string()
+            } else {
+                format!("{} is inside /proc", p.display())
+            };
+            return Err(Error::InvalidSpec(format!(
+                "mount destination {} is not allowed: {why}",
+                m.destination().display()
+            )));
+        }
     }
     Ok(())
 }
@@ -819,6 +878,51 @@ mod tests {
         }));
         let e = prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap_err();
         assert!(e.to_string().contains("symlink"), "{e}");
+    }
+
+    #[test]
+    fn mounts_inside_proc_are_refused_except_what_lxcfs_emulates() {
+        let t = TestSyscall::new();
+        t.add_dir("/host/vol");
+        t.add_file("/host/lxcfs/cpuinfo");
+        let run = |dest: &str, typ: &str, src: &str, opts: &[&str]| {
+            let s = spec(serde_json::json!({
+                "ociVersion": "1.0.2", "root": {"path": "rootfs"},
+                "mounts": [{"destination": dest, "type": typ, "source": src, "options": opts}]
+            }));
+            t.clear_calls();
+            prepare_rootfs(&t, &s, &ctx(CgroupLayout::None))
+        };
+        for dest in [
+            "/proc/sys/net/ipv4",
+            "/proc/sys",
+            "/proc/self/fd",
+            "/proc/../proc/sys",
+        ] {
+            let e = run(dest, "bind", "/host/vol", &["rbind"]).unwrap_err();
+            assert!(e.to_string().contains("inside /proc"), "{dest}: {e}");
+            assert_eq!(
+                t.mounts().len(),
+                2,
+                "{dest}: nothing mounted after the rootfs bind"
+            );
+        }
+        let e = run("/proc", "bind", "/host/vol", &["rbind"]).unwrap_err();
+        assert!(e.to_string().contains("only a proc filesystem"), "{e}");
+        let e = run("/proc/sys", "tmpfs", "tmpfs", &[]).unwrap_err();
+        assert!(e.to_string().contains("inside /proc"), "{e}");
+        // An image's symlink must not carry a mount into /proc either.
+        t.add_symlink("/b/rootfs/knobs", "/proc/sys/net");
+        let e = run("/knobs/ipv4", "bind", "/host/vol", &["rbind"]).unwrap_err();
+        assert!(e.to_string().contains("inside /proc"), "{e}");
+        run("/proc/cpuinfo", "bind", "/host/lxcfs/cpuinfo", &["bind"]).unwrap();
+        assert!(t.mounts().contains(&bind(
+            "/host/lxcfs/cpuinfo",
+            "/b/rootfs/proc/cpuinfo",
+            false
+        )));
+        run("/proc", "proc", "proc", &[]).unwrap();
+        run("/procfoo", "bind", "/host/vol", &["rbind"]).unwrap();
     }
 
     #[test]
