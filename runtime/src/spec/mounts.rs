@@ -176,8 +176,10 @@ fn from_cri(m: &CriMount) -> Result<Bind> {
             )));
         }
     }
+    let destination = clean(&m.container_path)?;
+    check_kernel_destination(&destination)?;
     Ok(Bind {
-        destination: clean(&m.container_path)?,
+        destination,
         source: PathBuf::from(&m.host_path),
         readonly: m.readonly,
         recursive_readonly: m.recursive_read_only,
@@ -185,6 +187,22 @@ fn from_cri(m: &CriMount) -> Result<Bind> {
         uid_mappings: oci_id_maps(&m.uid_mappings)?,
         gid_mappings: oci_id_maps(&m.gid_mappings)?,
     })
+}
+
+/// Refuses a CRI mount on or inside `/proc` or `/sys` (runc refuses `/proc` at create; the
+/// files lxcfs emulates are the exception): a volume there could redirect what the runtime
+/// writes into procfs (an emptyDir on `/proc/sys/net/ipv4` with a symlink in it turned a
+/// namespaced sysctl into a write of the host's `core_pattern`) or shadow the kernel's knobs.
+fn check_kernel_destination(clean_dest: &str) -> Result<()> {
+    let p = Path::new(clean_dest);
+    let in_sys = p.starts_with("/sys");
+    if in_sys || !crate::rootfs::proc_destination_allowed(p, "bind") {
+        let top = if in_sys { "/sys" } else { "/proc" };
+        return Err(Error::InvalidArgument(format!(
+            "mount at {clean_dest:?} is not allowed: volumes cannot be mounted on or inside {top}"
+        )));
+    }
+    Ok(())
 }
 
 /// CRI id mappings as OCI ones.
@@ -469,7 +487,12 @@ mod tests {
                     false,
                     MountPropagation::PropagationPrivate,
                 ),
-                cri("/sys", "/h/sys", true, MountPropagation::PropagationPrivate),
+                cri(
+                    "/dev/mqueue",
+                    "/h/mqueue",
+                    true,
+                    MountPropagation::PropagationPrivate,
+                ),
             ],
             ..Default::default()
         };
@@ -480,13 +503,13 @@ mod tests {
                 "/proc",
                 "/dev",
                 "/dev/pts",
-                "/dev/mqueue",
-                "/sys/fs/cgroup",
-                // depth 2, in request order, then the sandbox files
-                "/data",
                 "/sys",
-                // depth 3
+                "/sys/fs/cgroup",
+                // depth 2
+                "/data",
+                // depth 3, in request order, then the sandbox files
                 "/etc/hosts",
+                "/dev/mqueue",
                 "/etc/hostname",
                 "/etc/resolv.conf",
                 "/dev/shm",
@@ -509,8 +532,8 @@ mod tests {
             host.created(),
             vec![
                 "/h/data",
-                "/h/sys",
                 "/h/my-hosts",
+                "/h/mqueue",
                 "/sb/hostname",
                 "/sb/resolv.conf",
                 "/sb/shm",
@@ -645,6 +668,47 @@ mod tests {
         };
         let e = run(&c, false, false, false, &host).unwrap_err().to_string();
         assert!(e.contains("is not on a shared or slave mount"), "{e}");
+    }
+
+    #[test]
+    fn mounts_on_proc_or_sys_are_invalid_arguments() {
+        let host = FakeHost::default();
+        let plan = |dest: &str| {
+            let c = ContainerConfig {
+                mounts: vec![cri(
+                    dest,
+                    "/h/vol",
+                    false,
+                    MountPropagation::PropagationPrivate,
+                )],
+                ..Default::default()
+            };
+            run(&c, false, false, false, &host)
+        };
+        for dest in [
+            "/proc/sys/net/ipv4",
+            "/proc",
+            "/proc/",
+            "/proc/sys",
+            "/tmp/../proc/sys/kernel",
+            "/sys",
+            "/sys/fs/cgroup",
+            "/sys/kernel/mm",
+        ] {
+            let e = plan(dest).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{dest}: {e:?}");
+            assert!(e.to_string().contains("not allowed"), "{dest}: {e}");
+        }
+        // What lxcfs emulates stays possible, and look-alike names are not /proc or /sys.
+        for dest in [
+            "/proc/cpuinfo",
+            "/proc/meminfo",
+            "/procedures",
+            "/system",
+            "/data/proc",
+        ] {
+            plan(dest).unwrap_or_else(|e| panic!("{dest}: {e}"));
+        }
     }
 
     #[test]
