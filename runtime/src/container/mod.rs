@@ -833,6 +833,33 @@ mod tests {
         assert!(cgroup_dirs(&id).is_empty());
     }
 
+    /// The container's `/dev/console` is the very pty whose master was handed over: same
+    /// device numbers as the master's slave, and as the container's stdin.
+    #[test]
+    fn the_console_is_the_slave_of_the_master_handed_over() {
+        if !can_run() {
+            return;
+        }
+        let id = format!("t-console-{}", std::process::id());
+        let script = "/bin/busybox stat -L -c %t:%T /dev/console /proc/self/fd/0 > /out/rdev";
+        let b = bundle(&id, &["sh", "-c", script], |s| {
+            s["process"]["terminal"] = true.into();
+        });
+        let (mine, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut o = opts(&b, &id);
+        o.console_socket = Some(ConsoleSocket::Fd(theirs.into()));
+        let mut c = Container::create(&o).unwrap();
+        let master = tty::recv_fd(std::os::fd::AsFd::as_fd(&mine)).unwrap();
+        let index = tty::pty_index(std::os::fd::AsFd::as_fd(&master)).unwrap();
+        c.start().unwrap();
+        assert_eq!(wait_exit_code(c.pid()).unwrap(), 0);
+        let want = format!("{:x}:{:x}", 136 + index / 256, index % 256);
+        let seen = read(&b.out.join("rdev"));
+        let lines: Vec<&str> = seen.lines().collect();
+        assert_eq!(lines, vec![want.as_str(), want.as_str()], "{seen:?}");
+        c.delete(false).unwrap();
+    }
+
     #[test]
     fn a_terminal_is_sent_over_the_console_socket() {
         if !can_run() {

@@ -131,30 +131,46 @@ pub fn create_devices(
     Ok(())
 }
 
-/// `/dev/ptmx` as a symlink to the container's own devpts instance (`pts/ptmx`).
+/// `/dev/ptmx` as a symlink to the container's own devpts instance (`pts/ptmx`). `/dev` is
+/// resolved inside the rootfs (an image whose `/dev` is a symlink must not lead this outside),
+/// and the entry is removed and created relative to that directory.
 pub fn setup_ptmx(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
-    let ptmx = rootfs.join("dev/ptmx");
+    let ptmx = dev_dir(sys, rootfs)?.join("ptmx");
     sys.remove_file(&ptmx)?;
     sys.symlink(Path::new("pts/ptmx"), &ptmx)
 }
 
 /// `/dev/fd`, `/dev/stdin`, `/dev/stdout`, `/dev/stderr` (and `/dev/core` when the kernel has
-/// `/proc/kcore`) as symlinks into `/proc/self`; an existing entry is left alone.
+/// `/proc/kcore`) as symlinks into `/proc/self`; an existing entry is left alone. `/dev` is
+/// resolved inside the rootfs, as for [`setup_ptmx`].
 pub fn setup_dev_symlinks(sys: &dyn Syscall, rootfs: &Path) -> Result<()> {
     let mut links = vec![
-        ("/proc/self/fd", "dev/fd"),
-        ("/proc/self/fd/0", "dev/stdin"),
-        ("/proc/self/fd/1", "dev/stdout"),
-        ("/proc/self/fd/2", "dev/stderr"),
+        ("/proc/self/fd", "fd"),
+        ("/proc/self/fd/0", "stdin"),
+        ("/proc/self/fd/1", "stdout"),
+        ("/proc/self/fd/2", "stderr"),
     ];
     if sys.file_kind(Path::new("/proc/kcore"), false)?.is_some() {
-        links.push(("/proc/kcore", "dev/core"));
+        links.push(("/proc/kcore", "core"));
     }
+    let dev = dev_dir(sys, rootfs)?;
     for (target, link) in links {
-        let link = rootfs.join(link);
+        let link = dev.join(link);
         if sys.file_kind(&link, false)?.is_none() {
             sys.symlink(Path::new(target), &link)?;
         }
     }
     Ok(())
+}
+
+/// The container's `/dev` as a host path inside `rootfs`, symlinks resolved as the container
+/// would see them.
+fn dev_dir(sys: &dyn Syscall, rootfs: &Path) -> Result<PathBuf> {
+    let dev = secure_join(sys, rootfs, Path::new("/dev"))?;
+    if dev == rootfs {
+        return Err(Error::InvalidSpec(
+            "/dev resolves to the container's root; refusing to create device links there".into(),
+        ));
+    }
+    Ok(dev)
 }

@@ -12,7 +12,7 @@ pub mod options;
 pub mod secure_join;
 mod tmpfs;
 
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -225,9 +225,15 @@ pub fn apply_readonly_paths(sys: &dyn Syscall, paths: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Hides each path: `/dev/null` bound over files, an empty read-only tmpfs over directories.
-/// Missing paths are skipped.
+/// Hides each path: the null device bound over files, an empty read-only tmpfs over
+/// directories. Missing paths are skipped.
+///
+/// What is bound over a file is an fd of `/dev/null` checked to be the character device 1:3
+/// (CVE-2025-31133): a `/dev/null` that is a symlink (to `/proc/sys/kernel/core_pattern`,
+/// say) or a plain file would otherwise be bound, writable, over the paths meant to be hidden.
+/// When it is not the null device, nothing is bound and the container fails.
 pub fn apply_masked_paths(sys: &dyn Syscall, paths: &[String]) -> Result<()> {
+    let mut null: Option<OwnedFd> = None;
     for p in paths {
         let target = secure_join(sys, Path::new("/"), Path::new(p))?;
         let res = match sys.file_kind(&target, false)? {
@@ -239,21 +245,43 @@ pub fn apply_masked_paths(sys: &dyn Syscall, paths: &[String]) -> Result<()> {
                 MsFlags::MS_RDONLY,
                 None,
             ),
-            Some(_) => sys.bind_mount(Path::new("/dev/null"), &target, false),
+            Some(_) => {
+                let fd = match null.take() {
+                    Some(fd) => fd,
+                    None => open_null_device(sys)
+                        .map_err(|e| Error::Child(format!("masked path {p}: {}", describe(&e))))?,
+                };
+                let res = sys.bind_mount_fd(fd.as_fd(), &target);
+                null = Some(fd);
+                res
+            }
         };
         res.map_err(|e| Error::Child(format!("masked path {p}: {}", describe(&e))))?;
     }
     Ok(())
 }
 
-/// Bind-mounts the container's terminal (`slave`, a path in its devpts) on `/dev/console`.
-pub fn mount_console(sys: &dyn Syscall, slave: &Path) -> Result<()> {
-    let console = Path::new("/dev/console");
-    sys.create_file(console)?;
-    sys.bind_mount(slave, console, false).map_err(|e| {
+/// The container's `/dev/null` (its `/dev` resolved inside the root, the node itself not
+/// followed), verified to be the null device.
+fn open_null_device(sys: &dyn Syscall) -> Result<OwnedFd> {
+    let dev = secure_join(sys, Path::new("/"), Path::new("/dev"))?;
+    sys.open_char_device(&dev.join("null"), 1, 3).map_err(|e| {
         Error::Child(format!(
-            "mount console {} on /dev/console: {}",
-            slave.display(),
+            "/dev/null is not the null device, refusing to bind it: {}",
+            describe(&e)
+        ))
+    })
+}
+
+/// Bind-mounts the container's terminal, the pty slave `slave` (an open fd, never a path a
+/// racer could swap), on `/dev/console`.
+pub fn mount_console(sys: &dyn Syscall, slave: BorrowedFd<'_>) -> Result<()> {
+    let dev = secure_join(sys, Path::new("/"), Path::new("/dev"))?;
+    let console = dev.join("console");
+    sys.create_file(&console)?;
+    sys.bind_mount_fd(slave, &console).map_err(|e| {
+        Error::Child(format!(
+            "mount the terminal on /dev/console: {}",
             describe(&e)
         ))
     })
@@ -572,6 +600,7 @@ mod tests {
     use super::*;
     use crate::syscall::test::{Call, CallKind};
     use crate::syscall::{NodeKind, TestSyscall};
+    use std::os::fd::AsRawFd;
 
     fn spec(json: serde_json::Value) -> Spec {
         serde_json::from_value(json).unwrap()
@@ -1018,8 +1047,119 @@ mod tests {
     }
 
     #[test]
+    fn masked_files_get_only_a_verified_null_device() {
+        let masked = vec!["/proc/kcore".to_string(), "/proc/keys".into()];
+        // A /dev/null that is a plain file, a symlink to a host knob, or another device: nothing
+        // is bound over the masked paths, and the error says why.
+        let bad: [&dyn Fn(&TestSyscall); 4] = [
+            &|t| t.add_file("/dev/null"),
+            &|t| t.add_symlink("/dev/null", "/proc/sys/kernel/core_pattern"),
+            &|t| t.add_char_device("/dev/null", 1, 5),
+            &|_| {},
+        ];
+        for setup in bad {
+            let t = TestSyscall::new();
+            t.add_file("/proc/kcore");
+            t.add_file("/proc/keys");
+            t.add_file("/proc/sys/kernel/core_pattern");
+            setup(&t);
+            let e = apply_masked_paths(&t, &masked).unwrap_err();
+            assert!(e.to_string().contains("masked path /proc/kcore"), "{e}");
+            assert!(e.to_string().contains("null device"), "{e}");
+            assert_eq!(t.mounts(), vec![], "nothing may be bound");
+        }
+        // The real one is opened once and bound by fd, never by its path.
+        let t = TestSyscall::new();
+        t.add_file("/proc/kcore");
+        t.add_file("/proc/keys");
+        t.add_char_device("/dev/null", 1, 3);
+        apply_masked_paths(&t, &masked).unwrap();
+        let m = t.mounts();
+        assert_eq!(m.len(), 2, "{m:?}");
+        for (call, target) in m.iter().zip(["/proc/kcore", "/proc/keys"]) {
+            assert!(
+                matches!(call, Call::BindMountFd { source: Some(s), target: t, .. }
+                    if s == Path::new("/dev/null") && t == Path::new(target)),
+                "{call:?}"
+            );
+        }
+        let opens = t
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, Call::OpenCharDevice(_)))
+            .count();
+        assert_eq!(opens, 1);
+    }
+
+    #[test]
+    fn the_console_is_bound_from_the_slave_fd_not_its_path() {
+        let Ok((_master, slave, name)) = crate::container::tty::open_pty() else {
+            eprintln!("skipped: no pty available here");
+            return;
+        };
+        let t = TestSyscall::new();
+        t.add_dir("/dev/pts");
+        mount_console(&t, slave.as_fd()).unwrap();
+        assert_eq!(
+            t.calls(),
+            vec![
+                Call::CreateFile("/dev/console".into()),
+                Call::BindMountFd {
+                    fd: slave.as_raw_fd(),
+                    source: None,
+                    target: "/dev/console".into()
+                }
+            ],
+            "{name} must not be looked up by path"
+        );
+        // A /dev that is a symlink is followed inside the root, not refused or escaped.
+        let t = TestSyscall::new();
+        t.add_symlink("/dev", "/run/dev");
+        mount_console(&t, slave.as_fd()).unwrap();
+        assert!(
+            t.mounts()
+                .iter()
+                .any(|c| matches!(c, Call::BindMountFd { target, .. }
+            if target == Path::new("/run/dev/console")))
+        );
+    }
+
+    #[test]
+    fn a_dev_symlink_in_the_image_keeps_ptmx_and_links_inside_the_rootfs() {
+        // An image whose /dev points at a host directory (absolute, and relative with `..`).
+        for target in ["/tmp/hostdir", "../../../../tmp/hostdir"] {
+            let t = TestSyscall::new();
+            t.add_symlink("/b/rootfs/dev", target);
+            t.add_file("/tmp/hostdir/ptmx");
+            let s = spec(serde_json::json!({"ociVersion": "1.0.2", "root": {"path": "rootfs"}}));
+            prepare_rootfs(&t, &s, &ctx(CgroupLayout::None)).unwrap();
+            for c in t.calls() {
+                let touched = match &c {
+                    Call::RemoveFile(p) | Call::CreateFile(p) => Some(p.clone()),
+                    Call::Symlink { link, .. } => Some(link.clone()),
+                    Call::Mknod { path, .. } | Call::Chown { path, .. } => Some(path.clone()),
+                    Call::MkdirAll { path, .. } => Some(path.clone()),
+                    _ => None,
+                };
+                if let Some(p) = touched {
+                    assert!(
+                        p.starts_with("/b/rootfs/tmp/hostdir"),
+                        "{target}: {c:?} outside"
+                    );
+                }
+            }
+            assert!(t.exists("/tmp/hostdir/ptmx"), "the host file was removed");
+            assert!(t.calls().contains(&Call::Symlink {
+                target: "pts/ptmx".into(),
+                link: "/b/rootfs/tmp/hostdir/ptmx".into()
+            }));
+        }
+    }
+
+    #[test]
     fn masked_readonly_paths_and_readonly_root() {
         let t = TestSyscall::new();
+        t.add_char_device("/dev/null", 1, 3);
         t.add_dir("/proc/acpi");
         t.add_file("/proc/kcore");
         t.add_dir("/proc/sys");
@@ -1045,7 +1185,14 @@ mod tests {
                     MsFlags::MS_RDONLY,
                     None
                 ),
-                bind("/dev/null", "/proc/kcore", false),
+                Call::BindMountFd {
+                    fd: match &t.mounts()[1] {
+                        Call::BindMountFd { fd, .. } => *fd,
+                        other => panic!("{other:?}"),
+                    },
+                    source: Some("/dev/null".into()),
+                    target: "/proc/kcore".into()
+                },
                 bind("/proc/sys", "/proc/sys", true),
                 remount("/proc/sys", MsFlags::MS_RDONLY | MsFlags::MS_REC),
                 remount("/", MsFlags::MS_NOSUID | MsFlags::MS_RDONLY),

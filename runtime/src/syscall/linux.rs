@@ -143,6 +143,42 @@ fn split_parent(path: &Path) -> Result<(&Path, &OsStr)> {
     }
 }
 
+/// The parent directory of `path`, reached without following any symlink, and the last
+/// component, for the `*at` calls that then act on exactly that entry.
+fn open_parent<'a>(op: &str, path: &'a Path) -> Result<(OwnedFd, &'a OsStr)> {
+    let (parent, name) = split_parent(path)?;
+    let dir = openat2(
+        AT_FDCWD,
+        parent,
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS),
+    )
+    .map_err(|e| refuse_symlink(op, path, e))?;
+    Ok((dir, name))
+}
+
+/// A detached, non-recursive bind mount of what `fd` refers to (open_tree on the fd itself).
+fn clone_fd_tree(fd: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
+    let empty = c"";
+    // SAFETY: open_tree reads the empty NUL-terminated path and looks at `fd` only
+    // (AT_EMPTY_PATH); it returns a new fd or -1.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let raw = i32::try_from(r).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 impl Syscall for LinuxSyscall {
     fn mount(
         &self,
@@ -306,6 +342,48 @@ impl Syscall for LinuxSyscall {
         Ok(())
     }
 
+    fn bind_mount_fd(&self, source: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        match clone_fd_tree(source) {
+            Ok(tree) => self.attach_mount(tree.as_fd(), target),
+            // Before Linux 5.2: the fd's magic link is the source, resolved by the kernel to
+            // the open file itself, not by name.
+            Err(Errno::ENOSYS) => {
+                let via = PathBuf::from(format!("/proc/self/fd/{}", source.as_raw_fd()));
+                self.mount(Some(&via), target, Some("bind"), MsFlags::MS_BIND, None)
+            }
+            Err(e) => Err(Error::sys(
+                format!("open_tree (bind source for {})", target.display()),
+                e,
+            )),
+        }
+    }
+
+    fn open_char_device(&self, path: &Path, major: u64, minor: u64) -> Result<OwnedFd> {
+        let fd = openat2(
+            AT_FDCWD,
+            path,
+            OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+        )
+        .map_err(|e| refuse_symlink("open", path, e))?;
+        let st = nix::sys::stat::fstat(&fd)
+            .map_err(|e| Error::sys(format!("fstat {}", path.display()), e))?;
+        let is_char = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFCHR;
+        let (got_major, got_minor) = (
+            nix::sys::stat::major(st.st_rdev),
+            nix::sys::stat::minor(st.st_rdev),
+        );
+        if !is_char || (got_major, got_minor) != (major, minor) {
+            return Err(Error::InvalidSpec(format!(
+                "{} is not the character device {major}:{minor} (mode {:o}, device {got_major}:{got_minor})",
+                path.display(),
+                st.st_mode,
+            )));
+        }
+        Ok(fd)
+    }
+
     fn umount2(&self, target: &Path, flags: MntFlags) -> Result<()> {
         nix::mount::umount2(target, flags)
             .map_err(|e| Error::sys(format!("umount {}", target.display()), e))
@@ -381,14 +459,23 @@ impl Syscall for LinuxSyscall {
             NodeKind::Fifo => SFlag::S_IFIFO,
         };
         let dev = nix::sys::stat::makedev(major, minor);
-        nix::sys::stat::mknod(path, sflag, Mode::from_bits_truncate(perm), dev)
+        let (dir, name) = open_parent("mknod", path)?;
+        nix::sys::stat::mknodat(&dir, name, sflag, Mode::from_bits_truncate(perm), dev)
             .map_err(|e| Error::sys(format!("mknod {}", path.display()), e))?;
         // mknod applies the umask; the spec's mode is meant exactly.
-        self.chmod(path, perm)
+        nix::sys::stat::fchmodat(
+            &dir,
+            name,
+            Mode::from_bits_truncate(perm),
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )
+        .map_err(|e| Error::sys(format!("chmod {}", path.display()), e))
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> Result<()> {
-        std::os::unix::fs::symlink(target, link).map_err(|e| Error::io("symlink", link, e))
+        let (dir, name) = open_parent("symlink", link)?;
+        nix::unistd::symlinkat(target, &dir, name)
+            .map_err(|e| Error::sys(format!("symlink {}", link.display()), e))
     }
 
     fn mkdir_all(&self, path: &Path, mode: u32) -> Result<()> {
@@ -398,42 +485,75 @@ impl Syscall for LinuxSyscall {
     fn create_file(&self, path: &Path) -> Result<()> {
         let (parent, name) = split_parent(path)?;
         let dir = open_dir_creating(parent, 0o755)?;
-        let name_c = cstr(Path::new(name))?;
-        // SAFETY: openat with a valid dir fd and NUL-terminated name; the result is checked.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                name_c.as_ptr(),
-                libc::O_CREAT | libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o755 as libc::c_uint,
-            )
-        };
-        if fd < 0 {
-            return Err(refuse_symlink("create", path, Errno::last()));
+        // What exists already (a device node, a fifo) is only looked at, never opened for I/O.
+        let look = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(dir.as_fd(), name, look) {
+            Ok(fd) => {
+                let st = nix::sys::stat::fstat(&fd)
+                    .map_err(|e| Error::sys(format!("fstat {}", path.display()), e))?;
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
+                    return Err(refuse_symlink("create", path, Errno::ELOOP));
+                }
+                return Ok(());
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(refuse_symlink("create", path, e)),
         }
-        // SAFETY: fd was just returned by openat and is owned by nobody else.
-        drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        Ok(())
+        let create = OpenHow::new()
+            .flags(
+                OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_RDONLY
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+            )
+            .mode(Mode::from_bits_truncate(0o755))
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(dir.as_fd(), name, create) {
+            Ok(fd) => {
+                drop(fd);
+                Ok(())
+            }
+            // Made by someone else between the look and the create: look again, once.
+            Err(Errno::EEXIST) => {
+                let fd = openat2(dir.as_fd(), name, look)
+                    .map_err(|e| refuse_symlink("create", path, e))?;
+                drop(fd);
+                Ok(())
+            }
+            Err(e) => Err(refuse_symlink("create", path, e)),
+        }
     }
 
     fn remove_file(&self, path: &Path) -> Result<()> {
-        match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", path, e)),
+        let (dir, name) = open_parent("remove", path)?;
+        match nix::unistd::unlinkat(&dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(Error::sys(format!("remove {}", path.display()), e)),
         }
     }
 
     fn chown(&self, path: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        std::os::unix::fs::lchown(path, uid, gid).map_err(|e| Error::io("chown", path, e))
+        let (dir, name) = open_parent("chown", path)?;
+        nix::unistd::fchownat(
+            &dir,
+            name,
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Error::sys(format!("chown {}", path.display()), e))
     }
 
     fn chmod(&self, path: &Path, mode: u32) -> Result<()> {
+        let (dir, name) = open_parent("chmod", path)?;
         nix::sys::stat::fchmodat(
-            AT_FDCWD,
-            path,
+            &dir,
+            name,
             Mode::from_bits_truncate(mode),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
         )
         .map_err(|e| Error::sys(format!("chmod {}", path.display()), e))
     }
@@ -589,6 +709,114 @@ mod tests {
             "/mnt lost its host peers: {:?}",
             lines[2]
         );
+    }
+
+    #[test]
+    fn entries_are_made_and_removed_only_below_symlink_free_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let host = root.join("host");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("ptmx"), "host file").unwrap();
+        std::fs::create_dir_all(root.join("rootfs")).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("rootfs/dev")).unwrap();
+        let sys = LinuxSyscall;
+        let dev = root.join("rootfs/dev");
+        let refused = |r: Result<()>| {
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("symlink"), "{e}");
+        };
+        refused(sys.remove_file(&dev.join("ptmx")));
+        refused(sys.symlink(Path::new("pts/ptmx"), &dev.join("fd")));
+        refused(sys.mknod(&dev.join("null"), NodeKind::Fifo, 0o666, 0, 0));
+        refused(sys.chown(&dev.join("ptmx"), Some(0), Some(0)));
+        refused(sys.chmod(&dev.join("ptmx"), 0o777));
+        refused(sys.create_file(&dev.join("console")));
+        let names: Vec<_> = std::fs::read_dir(&host)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("ptmx")]);
+        assert_eq!(
+            std::fs::read_to_string(host.join("ptmx")).unwrap(),
+            "host file"
+        );
+        // Without a symlink on the way each works, on exactly the entry named.
+        let real = root.join("rootfs/realdev");
+        std::fs::create_dir(&real).unwrap();
+        sys.symlink(Path::new("pts/ptmx"), &real.join("ptmx"))
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(real.join("ptmx")).unwrap(),
+            PathBuf::from("pts/ptmx")
+        );
+        sys.remove_file(&real.join("ptmx")).unwrap();
+        sys.remove_file(&real.join("ptmx")).unwrap();
+        sys.mknod(&real.join("fifo"), NodeKind::Fifo, 0o640, 0, 0)
+            .unwrap();
+        let mode = std::fs::symlink_metadata(real.join("fifo")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o640
+        );
+        // An existing fifo is a fine mount point and is not opened (which would block).
+        sys.create_file(&real.join("fifo")).unwrap();
+    }
+
+    #[test]
+    fn only_the_real_null_device_is_opened_as_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let sys = LinuxSyscall;
+        std::fs::write(root.join("file"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", root.join("link")).unwrap();
+        for p in ["file", "link", "missing"] {
+            assert!(sys.open_char_device(&root.join(p), 1, 3).is_err(), "{p}");
+        }
+        assert!(sys.open_char_device(Path::new("/dev/zero"), 1, 3).is_err());
+        let fd = sys.open_char_device(Path::new("/dev/null"), 1, 3).unwrap();
+        let st = nix::sys::stat::fstat(&fd).unwrap();
+        assert_eq!(st.st_rdev, nix::sys::stat::makedev(1, 3));
+    }
+
+    /// Root only, in a forked child's own mount namespace: a bind from an fd lands on the
+    /// target (the null device over a file reads empty) without the source being looked up.
+    #[test]
+    fn bind_mount_fd_binds_the_open_file() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let target = root.join("secret");
+        std::fs::write(&target, "secret").unwrap();
+        let out = in_forked_child(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("private: {e}"))?;
+            let null = LinuxSyscall
+                .open_char_device(Path::new("/dev/null"), 1, 3)
+                .map_err(|e| e.to_string())?;
+            LinuxSyscall
+                .bind_mount_fd(null.as_fd(), &target)
+                .map_err(|e| e.to_string())?;
+            let st = nix::sys::stat::stat(&target).map_err(|e| e.to_string())?;
+            let text = std::fs::read_to_string(&target).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{}:{}:{text}",
+                nix::sys::stat::major(st.st_rdev),
+                nix::sys::stat::minor(st.st_rdev)
+            ))
+        })
+        .unwrap();
+        assert_eq!(out, "1:3:");
     }
 
     #[test]

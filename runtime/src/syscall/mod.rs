@@ -8,7 +8,7 @@ pub mod linux;
 pub mod mount_api;
 pub mod test;
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -40,7 +40,9 @@ pub enum NodeKind {
 }
 
 /// The kernel operations container setup needs. Paths are absolute host (or, after
-/// `pivot_root`, container) paths; implementations must not follow a symlink in a mount target.
+/// `pivot_root`, container) paths, already resolved inside the rootfs (see
+/// [`crate::rootfs::secure_join`]); implementations must not follow a symlink in any component
+/// of a path they create, remove, change or mount on.
 pub trait Syscall {
     /// mount(2). `source`, `fstype` and `data` are passed as given.
     fn mount(
@@ -67,6 +69,15 @@ pub trait Syscall {
     /// Attaches the detached mount `mnt` (an idmapped bind made by the runtime before the
     /// container's user namespace was joined) at `target` with move_mount(2).
     fn attach_mount(&self, mnt: BorrowedFd<'_>, target: &Path) -> Result<()>;
+
+    /// Bind-mounts the file or directory `source` refers to onto `target` (not recursive),
+    /// without looking the source up by any path: open_tree on the fd, then move_mount onto the
+    /// target, itself opened without following symlinks.
+    fn bind_mount_fd(&self, source: BorrowedFd<'_>, target: &Path) -> Result<()>;
+
+    /// Opens `path` (O_PATH, no symlink anywhere on the way, the last component included) and
+    /// checks that it is the character device `major:minor`.
+    fn open_char_device(&self, path: &Path, major: u64, minor: u64) -> Result<OwnedFd>;
 
     /// Makes `rootfs` the root: pivot_root(rootfs, rootfs), then the old root (stacked on top
     /// of the new one) is made rslave, so its unmount cannot propagate to the host, and is

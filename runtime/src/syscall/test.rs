@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -42,6 +42,14 @@ pub enum Call {
         fd: i32,
         target: PathBuf,
     },
+    /// A bind from an fd; `source` is the path the fake opened that fd for (with
+    /// `open_char_device`), `None` for an fd it did not open.
+    BindMountFd {
+        fd: i32,
+        source: Option<PathBuf>,
+        target: PathBuf,
+    },
+    OpenCharDevice(PathBuf),
     PivotRootfs(PathBuf),
     Chdir(PathBuf),
     Chroot(PathBuf),
@@ -96,7 +104,7 @@ enum Node {
     Dir,
     File,
     Symlink(PathBuf),
-    Device,
+    Device { major: u64, minor: u64 },
 }
 
 /// Records every call in order; answers `file_kind`/`read_link` from a fake tree that
@@ -108,6 +116,8 @@ pub struct TestSyscall {
     errors: RefCell<HashMap<CallKind, Errno>>,
     mount_flags: RefCell<HashMap<PathBuf, MsFlags>>,
     mountinfo: RefCell<String>,
+    /// Fds handed out by `open_char_device`, by number, with the path they stand for.
+    opened: RefCell<Vec<(i32, PathBuf)>>,
 }
 
 impl TestSyscall {
@@ -136,6 +146,7 @@ impl TestSyscall {
                         | Call::MountSetattr { .. }
                         | Call::Umount2 { .. }
                         | Call::AttachMount { .. }
+                        | Call::BindMountFd { .. }
                         | Call::PivotRootfs(_)
                 )
             })
@@ -176,6 +187,14 @@ impl TestSyscall {
             link.as_ref().to_path_buf(),
             Node::Symlink(target.as_ref().to_path_buf()),
         );
+    }
+
+    /// Adds a character device node `major:minor` (and its parents) to the fake tree.
+    pub fn add_char_device(&self, path: impl AsRef<Path>, major: u64, minor: u64) {
+        self.insert_parents(path.as_ref());
+        self.fs
+            .borrow_mut()
+            .insert(path.as_ref().to_path_buf(), Node::Device { major, minor });
     }
 
     /// What `mount_flags` answers for the mount at `path` (default: none).
@@ -238,7 +257,7 @@ fn kind_of(node: &Node) -> FileKind {
         Node::Dir => FileKind::Dir,
         Node::File => FileKind::File,
         Node::Symlink(_) => FileKind::Symlink,
-        Node::Device => FileKind::CharDevice,
+        Node::Device { .. } => FileKind::CharDevice,
     }
 }
 
@@ -284,6 +303,59 @@ impl Syscall for TestSyscall {
             target: target.to_path_buf(),
         });
         Ok(())
+    }
+
+    fn bind_mount_fd(&self, source: BorrowedFd<'_>, target: &Path) -> Result<()> {
+        self.injected(CallKind::Mount, &format!("bind onto {}", target.display()))?;
+        let fd = source.as_raw_fd();
+        let from = self
+            .opened
+            .borrow()
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == fd)
+            .map(|(_, p)| p.clone());
+        self.record(Call::BindMountFd {
+            fd,
+            source: from,
+            target: target.to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn open_char_device(&self, path: &Path, major: u64, minor: u64) -> Result<OwnedFd> {
+        self.record(Call::OpenCharDevice(path.to_path_buf()));
+        // Like the real one: a symlink anywhere on the way, or at the end, is refused.
+        for a in path.ancestors() {
+            if let Some(Node::Symlink(_)) = self.fs.borrow().get(a) {
+                return Err(Error::sys(
+                    format!("open {}: a path component is a symlink", path.display()),
+                    Errno::ELOOP,
+                ));
+            }
+        }
+        match self.fs.borrow().get(path) {
+            Some(Node::Device { major: a, minor: b }) if (*a, *b) == (major, minor) => {}
+            None => {
+                return Err(Error::sys(
+                    format!("open {}", path.display()),
+                    Errno::ENOENT,
+                ));
+            }
+            Some(other) => {
+                return Err(Error::InvalidSpec(format!(
+                    "{} is not the character device {major}:{minor} ({other:?})",
+                    path.display()
+                )));
+            }
+        }
+        // A real fd (of `/`), so its number is unique while the caller holds it.
+        let token = std::fs::File::open("/").map_err(|e| Error::io("open", "/", e))?;
+        let fd = OwnedFd::from(token);
+        self.opened
+            .borrow_mut()
+            .push((fd.as_raw_fd(), path.to_path_buf()));
+        Ok(fd)
     }
 
     fn mount_setattr(&self, target: &Path, recursive: bool, set: u64, clear: u64) -> Result<()> {
@@ -362,7 +434,7 @@ impl Syscall for TestSyscall {
         self.insert_parents(path);
         self.fs
             .borrow_mut()
-            .insert(path.to_path_buf(), Node::Device);
+            .insert(path.to_path_buf(), Node::Device { major, minor });
         Ok(())
     }
 
