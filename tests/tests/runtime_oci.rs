@@ -57,6 +57,19 @@ fn main() {
             ));
         }
     }
+    for (name, test) in hardening_tests() {
+        let suite = suite.clone();
+        trials.push(Trial::test(format!("hardening::{name}"), move || {
+            let suite = suite
+                .get_or_init(|| Suite::setup().map_err(|e| format!("suite setup: {e:#}")))
+                .as_ref()
+                .map_err(|e| Failed::from(e.clone()))?;
+            let bungeo = suite
+                .runtime(Which::Bungeo)
+                .map_err(|e| Failed::from(format!("{e:#}")))?;
+            test(bungeo, &suite.runc).map_err(|e| Failed::from(format!("{e:#}")))
+        }));
+    }
     for (name, test) in self_tests() {
         trials.push(Trial::test(format!("harness::{name}"), move || {
             test().map_err(|e| Failed::from(format!("{e:#}")))
@@ -2397,6 +2410,357 @@ fn systemd_cgroup_unavailable(rt: &Runtime) -> Result<Obs> {
     obs.own("stderr", out.stderr.trim());
     obs.put("state_dir_after", rt.state_entries(&id).join(","));
     Ok(obs)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hardening: container escapes through the rootfs, /proc and /dev (tracker #20, items 3-6).
+// bungeo must hold; runc 1.1.5 (the control) predates some of the fixes, so what it does is
+// printed for information and never fails a trial.
+
+/// A hardening trial: `(bungeo, runc)`.
+type Hardening = fn(&Runtime, &Runtime) -> Result<()>;
+
+fn hardening_tests() -> Vec<(&'static str, Hardening)> {
+    vec![
+        (
+            "a_volume_on_proc_sys_cannot_redirect_a_sysctl",
+            a_volume_on_proc_sys_cannot_redirect_a_sysctl,
+        ),
+        (
+            "an_image_dev_symlink_never_reaches_the_host",
+            an_image_dev_symlink_never_reaches_the_host,
+        ),
+        (
+            "masked_paths_never_get_a_fake_dev_null",
+            masked_paths_never_get_a_fake_dev_null,
+        ),
+        (
+            "the_console_is_the_slave_handed_over",
+            the_console_is_the_slave_handed_over,
+        ),
+    ]
+}
+
+fn informational(rt: &Runtime, what: &str, verdict: &str, out: &Out) {
+    eprintln!(
+        "{} (control, informational) {what}: {verdict}; {out}",
+        rt.which.name()
+    );
+}
+
+const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+
+/// The host's `core_pattern` as it was; put back on drop (and by [`Self::check`]) if a
+/// runtime changed it.
+struct CorePattern(Vec<u8>);
+
+impl CorePattern {
+    fn save() -> Result<Self> {
+        Ok(Self(fs::read(CORE_PATTERN).context("read core_pattern")?))
+    }
+
+    /// What it was changed to, if it was (it is restored then).
+    fn check(&self) -> Result<Option<String>> {
+        let now = fs::read(CORE_PATTERN).context("read core_pattern")?;
+        if now == self.0 {
+            return Ok(None);
+        }
+        fs::write(CORE_PATTERN, &self.0).context("restore core_pattern")?;
+        Ok(Some(String::from_utf8_lossy(&now).into_owned()))
+    }
+}
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        let _ = self.check();
+    }
+}
+
+/// Item 3: a host directory bound at `/proc/sys/net/ipv4` holds `ip_unprivileged_port_start`
+/// as a symlink to `core_pattern`, and the spec sets that (namespaced, harmless) sysctl.
+fn a_volume_on_proc_sys_cannot_redirect_a_sysctl(bungeo: &Runtime, runc: &Runtime) -> Result<()> {
+    let core = CorePattern::save()?;
+    for rt in [bungeo, runc] {
+        let vol = tempfile::tempdir().context("volume dir")?;
+        std::os::unix::fs::symlink(CORE_PATTERN, vol.path().join("ip_unprivileged_port_start"))?;
+        let mut knobs = BundleSpec::sh("echo ran=yes");
+        knobs
+            .mounts
+            .push(bind(vol.path(), "/proc/sys/net/ipv4", &["rbind", "rw"])?);
+        knobs
+            .sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "1000".into());
+        let bundle = Bundle::create(&knobs)?;
+        let (out, _) = run_bundle(rt, &cid(rt, "sysctl-redirect"), &bundle)?;
+        let changed = core.check()?;
+        match rt.which {
+            Which::Bungeo => {
+                ensure!(
+                    changed.is_none(),
+                    "the host's core_pattern was changed to {changed:?} (restored); {out}"
+                );
+                ensure!(
+                    !out.success() && out.stderr.contains("inside /proc"),
+                    "the mount on /proc/sys/net/ipv4 must be refused: {out}"
+                );
+            }
+            Which::Runc => {
+                let verdict = match changed {
+                    Some(c) => format!("VULNERABLE: core_pattern became {c:?} (restored)"),
+                    None if out.success() => "ran, core_pattern unchanged".into(),
+                    None => "refused".into(),
+                };
+                informational(rt, "sysctl through /proc/sys volume", &verdict, &out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Names and contents (link targets for symlinks) of the entries in `dir`, sorted.
+fn dir_listing(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let e = e?;
+        // Never followed: what a runtime left there may point at our own stdio.
+        let meta = fs::symlink_metadata(e.path())?;
+        let content = if meta.file_type().is_symlink() {
+            format!("-> {}", fs::read_link(e.path())?.display())
+        } else if meta.is_file() {
+            fs::read_to_string(e.path())?
+        } else {
+            "(not a file)".into()
+        };
+        names.push(format!("{}={content}", e.file_name().to_string_lossy()));
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Item 5: an image whose `/dev` is a symlink to a host directory. Nothing in that directory
+/// may be removed or created; the container runs with its `/dev` inside its rootfs, or fails.
+fn an_image_dev_symlink_never_reaches_the_host(bungeo: &Runtime, runc: &Runtime) -> Result<()> {
+    for rt in [bungeo, runc] {
+        let host = tempfile::tempdir().context("host dir")?;
+        fs::write(host.path().join("ptmx"), "host file")?;
+        fs::write(host.path().join("keep"), "keep")?;
+        let before = dir_listing(host.path())?;
+        let bundle = Bundle::create(&BundleSpec::sh(
+            "echo dev=$(ls /dev | tr '\\n' ' '); echo ptmx=$(readlink /dev/ptmx)",
+        ))?;
+        let dev = bundle.rootfs().join("dev");
+        fs::remove_dir_all(&dev)?;
+        std::os::unix::fs::symlink(host.path(), &dev)?;
+        let (out, obs) = run_bundle(rt, &cid(rt, "dev-symlink"), &bundle)?;
+        let after = dir_listing(host.path())?;
+        let leaked_mounts = mounts_under(host.path())?;
+        unmount_under(host.path())?;
+        let intact = after == before && leaked_mounts.is_empty();
+        match rt.which {
+            Which::Bungeo => {
+                ensure!(
+                    intact,
+                    "the host directory changed: before {before:?}, after {after:?}, mounts \
+                     {leaked_mounts:?}; {out}"
+                );
+                if out.success() {
+                    let listing = obs.get("dev").unwrap_or("");
+                    for want in ["null", "ptmx", "fd", "stdin", "stdout", "stderr", "pts"] {
+                        ensure!(
+                            listing.split(' ').any(|n| n == want),
+                            "/dev lacks {want}: {listing:?}; {out}"
+                        );
+                    }
+                    ensure!(obs.get("ptmx") == Some("pts/ptmx"), "{out}");
+                } else {
+                    ensure!(
+                        !out.stderr.trim().is_empty(),
+                        "failed without a reason: {out}"
+                    );
+                }
+            }
+            Which::Runc => {
+                let verdict = if intact {
+                    "host directory untouched".to_string()
+                } else {
+                    format!("VULNERABLE: host directory {before:?} became {after:?}")
+                };
+                informational(rt, "image /dev symlink", &verdict, &out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Item 6: no `/dev` tmpfs, and the image's `/dev/null` is a symlink to `core_pattern`. Masked
+/// files must get the real null device or the container must fail; `core_pattern` must never
+/// show through a masked path.
+fn masked_paths_never_get_a_fake_dev_null(bungeo: &Runtime, runc: &Runtime) -> Result<()> {
+    let core = CorePattern::save()?;
+    let pattern = String::from_utf8_lossy(&core.0).trim().to_string();
+    for rt in [bungeo, runc] {
+        let knobs = BundleSpec::sh(
+            "echo keys=$(head -c 200 /proc/keys | tr '\\n' ' '); \
+             echo timer_list=$(head -c 200 /proc/timer_list | tr '\\n' ' ')",
+        );
+        ensure!(knobs.masked_paths.iter().any(|p| p == "/proc/keys"));
+        let mut bundle = Bundle::create(&knobs)?;
+        let mut spec = bundle.spec().clone();
+        let mounts: Vec<_> = spec
+            .mounts()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| !m.destination().starts_with("/dev"))
+            .collect();
+        spec.set_mounts(Some(mounts));
+        bundle.set_spec(spec)?;
+        std::os::unix::fs::symlink(CORE_PATTERN, bundle.rootfs().join("dev/null"))?;
+        let (out, obs) = run_bundle(rt, &cid(rt, "fake-null"), &bundle)?;
+        let changed = core.check()?;
+        let shown = |k: &str| obs.get(k).unwrap_or("").trim().to_string();
+        let leaked = out.success() && (shown("keys") == pattern || shown("timer_list") == pattern);
+        match rt.which {
+            Which::Bungeo => {
+                ensure!(
+                    changed.is_none(),
+                    "core_pattern changed to {changed:?}; {out}"
+                );
+                ensure!(!leaked, "core_pattern shows through a masked path; {out}");
+                if out.success() {
+                    ensure!(
+                        shown("keys").is_empty() && shown("timer_list").is_empty(),
+                        "masked files are not empty: {out}"
+                    );
+                } else {
+                    ensure!(out.stderr.contains("null device"), "{out}");
+                }
+            }
+            Which::Runc => {
+                let verdict = if leaked {
+                    "VULNERABLE: core_pattern bound over the masked paths".to_string()
+                } else if out.success() && obs.get("keys").is_none() {
+                    // runc 1.1.5 reopens stdio it takes for /dev/null through the container's
+                    // /dev/null: the output went to the fake one.
+                    "no output: stdio was reopened through the fake /dev/null".into()
+                } else if out.success() {
+                    "masked paths empty".into()
+                } else {
+                    "refused".into()
+                };
+                informational(rt, "fake /dev/null", &verdict, &out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives the pty master a runtime sends to `--console-socket`.
+fn recv_master(listener: &std::os::unix::net::UnixListener) -> Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    let (conn, _) = listener.accept().context("accept on the console socket")?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("recvmsg on the console socket")?;
+    for c in msg.cmsgs().context("control messages")? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed this fd for us; nothing else owns it.
+            return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    bail!("no fd on the console socket")
+}
+
+/// What the container writes on its terminal, until its last holder of the slave is gone.
+fn read_terminal(master: &std::os::fd::OwnedFd) -> Result<String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        if poll(&mut fds, PollTimeout::from(100u16)).context("poll the terminal")? > 0 {
+            match nix::unistd::read(master, &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EIO) => break,
+                Ok(n) => text.extend_from_slice(&buf[..n]),
+                Err(e) => bail!("read the terminal: {e}"),
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the terminal did not close; saw {:?}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    Ok(String::from_utf8_lossy(&text).replace('\r', ""))
+}
+
+/// Item 4: with a terminal, the container's `/dev/console` and its stdin are the slave of the
+/// master sent over the console socket (same device numbers).
+fn the_console_is_the_slave_handed_over(bungeo: &Runtime, runc: &Runtime) -> Result<()> {
+    use std::os::fd::AsRawFd as _;
+    for rt in [bungeo, runc] {
+        let mut bundle = Bundle::create(&BundleSpec::sh(
+            "stat -L -c %t:%T /dev/console /proc/self/fd/0",
+        ))?;
+        let mut spec = bundle.spec().clone();
+        if let Some(p) = spec.process_mut() {
+            p.set_terminal(Some(true));
+        }
+        bundle.set_spec(spec)?;
+        let sock = bundle.path().join("console.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock)?;
+        let id = cid(rt, "console");
+        let receiver = std::thread::spawn(move || recv_master(&listener));
+        let out = rt.invoke([
+            OsStr::new("create"),
+            OsStr::new("--bundle"),
+            bundle.path().as_os_str(),
+            OsStr::new("--console-socket"),
+            sock.as_os_str(),
+            OsStr::new(&id),
+        ])?;
+        let container = Container { rt, id: id.clone() };
+        ensure!(out.success(), "{} create: {out}", rt.which.name());
+        let master = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("console receiver panicked"))??;
+        let mut index: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int to a live pointer; master is a valid fd.
+        let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut index) };
+        ensure!(r == 0, "TIOCGPTN: {}", std::io::Error::last_os_error());
+        container.start()?;
+        let text = read_terminal(&master)?;
+        let want = format!("{:x}:{:x}", 136 + index / 256, index % 256);
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        let ok = lines == [want.as_str(), want.as_str()];
+        drop(container);
+        match rt.which {
+            Which::Bungeo => ensure!(ok, "want /dev/console and stdin at {want}, saw {text:?}"),
+            Which::Runc => {
+                let verdict = if ok {
+                    "console is the slave"
+                } else {
+                    "differs"
+                };
+                eprintln!(
+                    "runc (control, informational) console: {verdict}; saw {text:?}, want {want}"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
