@@ -798,8 +798,17 @@ mod tests {
         let id = format!("t-userns-{}", std::process::id());
         let b = bundle(
             &id,
-            &["sh", "-c", "cat /proc/self/uid_map > /out/map"],
+            &[
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map > /out/map; cat /proc/keys > /out/keys; \
+                 cat /proc/sys/kernel/shmmni > /out/shmmni",
+            ],
             |s| {
+                // Masking by fd and sysctls through a verified procfs work in a user namespace
+                // too.
+                s["linux"]["maskedPaths"] = serde_json::json!(["/proc/keys", "/proc/timer_list"]);
+                s["linux"]["sysctl"] = serde_json::json!({"kernel.shmmni": "1234"});
                 let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
                 s["linux"]["namespaces"]
                     .as_array_mut()
@@ -829,6 +838,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["0", "100000", "65536"]
         );
+        assert_eq!(read(&b.out.join("keys")), "");
+        assert_eq!(read(&b.out.join("shmmni")).trim(), "1234");
         c.delete(false).unwrap();
         assert!(cgroup_dirs(&id).is_empty());
     }
