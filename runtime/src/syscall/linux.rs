@@ -15,9 +15,10 @@ use super::{FileKind, NodeKind, Syscall, statvfs_to_ms};
 use crate::{Error, Result};
 
 /// The real kernel. Stateless; every call is the syscall it names, with mount targets opened
-/// without following symlinks (`RESOLVE_NO_SYMLINKS`) and mounted through `/proc/self/fd/N`,
-/// so a path component swapped for a symlink between planning and mounting is refused rather
-/// than followed out of the rootfs.
+/// without following symlinks (`RESOLVE_NO_SYMLINKS`) and mounted through `/proc/self/fd/N` or
+/// `move_mount` on the fd, and entries made, removed or changed with the `*at` calls relative
+/// to a parent directory reached the same way, so a path component swapped for a symlink
+/// between planning and acting is refused rather than followed out of the rootfs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinuxSyscall;
 
