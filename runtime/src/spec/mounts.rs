@@ -189,17 +189,16 @@ fn from_cri(m: &CriMount) -> Result<Bind> {
     })
 }
 
-/// Refuses a CRI mount on or inside `/proc` or `/sys` (runc refuses `/proc` at create; the
-/// files lxcfs emulates are the exception): a volume there could redirect what the runtime
-/// writes into procfs (an emptyDir on `/proc/sys/net/ipv4` with a symlink in it turned a
-/// namespaced sysctl into a write of the host's `core_pattern`) or shadow the kernel's knobs.
+/// Refuses a CRI mount on or inside `/proc` (runc refuses it at create; the files lxcfs
+/// emulates are the exception): a volume there could redirect what the runtime writes into
+/// procfs (an emptyDir on `/proc/sys/net/ipv4` with a symlink in it turned a namespaced sysctl
+/// into a write of the host's `core_pattern`). `/sys` stays open to volumes, as in containerd
+/// and runc: the runtime writes nothing there in the container's context, and node agents
+/// depend on it (Cilium and Calico mount the host's `/sys/fs/bpf`).
 fn check_kernel_destination(clean_dest: &str) -> Result<()> {
-    let p = Path::new(clean_dest);
-    let in_sys = p.starts_with("/sys");
-    if in_sys || !crate::rootfs::proc_destination_allowed(p, "bind") {
-        let top = if in_sys { "/sys" } else { "/proc" };
+    if !crate::rootfs::proc_destination_allowed(Path::new(clean_dest), "bind") {
         return Err(Error::InvalidArgument(format!(
-            "mount at {clean_dest:?} is not allowed: volumes cannot be mounted on or inside {top}"
+            "mount at {clean_dest:?} is not allowed: volumes cannot be mounted on or inside /proc"
         )));
     }
     Ok(())
@@ -671,7 +670,7 @@ mod tests {
     }
 
     #[test]
-    fn mounts_on_proc_or_sys_are_invalid_arguments() {
+    fn mounts_on_proc_are_invalid_arguments_and_sys_is_open() {
         let host = FakeHost::default();
         let plan = |dest: &str| {
             let c = ContainerConfig {
@@ -691,16 +690,16 @@ mod tests {
             "/proc/",
             "/proc/sys",
             "/tmp/../proc/sys/kernel",
-            "/sys",
-            "/sys/fs/cgroup",
-            "/sys/kernel/mm",
         ] {
             let e = plan(dest).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{dest}: {e:?}");
             assert!(e.to_string().contains("not allowed"), "{dest}: {e}");
         }
-        // What lxcfs emulates stays possible, and look-alike names are not /proc or /sys.
+        // What lxcfs emulates stays possible, look-alike names are not /proc, and node agents
+        // mount below /sys (the host's /sys/fs/bpf).
         for dest in [
+            "/sys/fs/bpf",
+            "/sys",
             "/proc/cpuinfo",
             "/proc/meminfo",
             "/procedures",
