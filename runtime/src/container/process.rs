@@ -367,12 +367,17 @@ pub(crate) fn exec(plan: &ExecPlan, ready: &Ready) -> std::result::Result<Infall
         seccomp::load(s).map_err(|e| err_text(&e))?;
     }
     if let Some(p) = &plan.apparmor_profile {
+        // Through the verified procfs handle, as every write into procfs: the container's
+        // /proc could hold anything by now.
         let attr = if std::path::Path::new("/proc/self/attr/apparmor/exec").exists() {
-            "/proc/self/attr/apparmor/exec"
+            "attr/apparmor/exec"
         } else {
-            "/proc/self/attr/exec"
+            "attr/exec"
         };
-        std::fs::write(attr, format!("exec {p}"))
+        crate::procfs::ProcRoot::open()
+            .and_then(|proc| {
+                proc.write_own(std::path::Path::new(attr), format!("exec {p}").as_bytes())
+            })
             .map_err(|e| format!("apply AppArmor profile {p}: {e}"))?;
     }
     match nix::unistd::execve(&ready.path, &ready.args, &ready.env) {
