@@ -12,10 +12,11 @@ use bungeo_tests::crilog::{read_log, stream_lines};
 use bungeo_tests::scene::{container, pod_linux};
 use bungeo_tests::workload::exec_sync;
 use clap::Parser;
+use k8s_cri::v1::security_profile::ProfileType;
 use k8s_cri::v1::{
-    CreateContainerRequest, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    ContainerFilter, CreateContainerRequest, ListContainersRequest, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    SecurityProfile, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 
 /// Run one pod with one container through a CRI socket, and remove them.
@@ -31,6 +32,15 @@ struct Args {
     /// How long to wait for the socket to serve.
     #[arg(long, default_value_t = 600)]
     wait_seconds: u64,
+    /// Stop waiting for the socket as soon as this process (the one building and starting the
+    /// daemon) is gone.
+    #[arg(long)]
+    daemon_pid: Option<u32>,
+    /// Also check AppArmor (a node whose kernel enforces it): the container runs confined by
+    /// this profile (RuntimeDefault), and a `Localhost` profile nobody loaded fails
+    /// CreateContainer with a clear error, leaving no container behind.
+    #[arg(long)]
+    apparmor: Option<String>,
 }
 
 #[tokio::main]
@@ -75,7 +85,12 @@ async fn main() -> Result<()> {
         .into_inner()
         .pod_sandbox_id;
     println!("smoke: pod {pod} runs");
-    let outcome = in_pod(&mut cri, &pod, &config, &args.image, logs.path()).await;
+    let mut outcome = in_pod(&mut cri, &pod, &config, &args, logs.path()).await;
+    if outcome.is_ok()
+        && let Some(profile) = &args.apparmor
+    {
+        outcome = unloaded_profile_is_refused(&mut cri, &pod, &config, &args.image, profile).await;
+    }
     let removed = remove_pod(&mut cri, &pod).await;
     outcome?;
     removed?;
@@ -88,9 +103,10 @@ async fn in_pod(
     cri: &mut Cri,
     pod: &str,
     pod_config: &PodSandboxConfig,
-    image: &str,
+    args: &Args,
     logs: &std::path::Path,
 ) -> Result<()> {
+    let image = args.image.as_str();
     let mut config = container(
         "hello",
         image,
@@ -143,6 +159,15 @@ async fn in_pod(
             out.exit_code
         );
         println!("smoke: exec works");
+        if let Some(profile) = &args.apparmor {
+            let out = exec_sync(cri, &id, &["cat", "/proc/self/attr/current"]).await?;
+            let label = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            ensure!(
+                label == format!("{profile} (enforce)"),
+                "the container's AppArmor label is {label:?}, not {profile} (enforce)"
+            );
+            println!("smoke: the container runs confined by AppArmor profile {label}");
+        }
         Ok(())
     }
     .await;
@@ -173,5 +198,67 @@ async fn remove_pod(cri: &mut Cri, pod: &str) -> Result<()> {
         })
         .await
         .context("RemovePodSandbox")?;
+    Ok(())
+}
+
+/// A container asking for a Localhost AppArmor profile that nobody loaded is refused at
+/// CreateContainer (it could never run: its exec would fail), and nothing of it is left.
+async fn unloaded_profile_is_refused(
+    cri: &mut Cri,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    image: &str,
+    default_profile: &str,
+) -> Result<()> {
+    let mut config = container("unloaded", image, &["true"]);
+    bungeo_tests::scene::security(&mut config).apparmor = Some(SecurityProfile {
+        profile_type: ProfileType::Localhost as i32,
+        localhost_ref: "bungeo-smoke-never-loaded".into(),
+    });
+    let got = cri
+        .runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.to_string(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await;
+    let status = match got {
+        Ok(r) => bail!(
+            "a container with an AppArmor profile nobody loaded was created: {}",
+            r.into_inner().container_id
+        ),
+        Err(s) => s,
+    };
+    ensure!(
+        status.code() == tonic::Code::InvalidArgument
+            && status
+                .message()
+                .contains("\"bungeo-smoke-never-loaded\" is not loaded"),
+        "CreateContainer with an unloaded profile answered {:?}: {}",
+        status.code(),
+        status.message()
+    );
+    let left = cri
+        .runtime
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers;
+    ensure!(
+        left.iter()
+            .all(|c| c.metadata.as_ref().is_none_or(|m| m.name != "unloaded")),
+        "the refused container was left behind: {left:?}"
+    );
+    println!(
+        "smoke: an unloaded AppArmor profile is refused ({:?}: {}); RuntimeDefault is {default_profile}",
+        status.code(),
+        status.message()
+    );
     Ok(())
 }
