@@ -127,6 +127,12 @@ pub fn status(err: &Error) -> Status {
             source: bungeo_runtime::Error::InvalidArgument(_),
             ..
         } => Code::InvalidArgument,
+        // Something this node does not offer (AppArmor off, a profile not loaded): the node
+        // must change before the call can succeed.
+        Error::Runtime {
+            source: bungeo_runtime::Error::Unsupported(_),
+            ..
+        } => Code::FailedPrecondition,
         Error::ImageStore(e) => return store_status(e),
         _ => Code::Internal,
     };

@@ -199,6 +199,7 @@ impl CriRuntimeService {
             "containersRunning": running,
             "containerEventSubscribers": self.containers.events().subscribers(),
             "metricsAddress": self.config.metrics.address,
+            "apparmor": self.containers.apparmor().describe(),
         })
     }
 }

@@ -934,8 +934,16 @@ pub(crate) async fn pull(
                 resolved = Some(res);
                 break;
             }
+            // The registry answered over HTTPS (no such image, no access): the plain-HTTP
+            // fallback would only hide that answer.
+            Err(e @ (Error::RemoteNotFound { .. } | Error::Unauthorized { .. }))
+                if endpoints.get(i + 1).is_some_and(|n| n.http_fallback) =>
+            {
+                last_err = Some(e);
+                break;
+            }
             Err(e) if i + 1 < endpoints.len() => {
-                warn!(endpoint = %ep.host, error = %e, "mirror failed, trying the next endpoint");
+                warn!(endpoint = %ep.host, error = %e, "endpoint failed, trying the next one");
                 last_err = Some(e);
             }
             Err(e) => {

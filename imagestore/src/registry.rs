@@ -178,6 +178,32 @@ pub struct Endpoint {
     pub insecure: bool,
     /// Whether this is a mirror rather than the registry named in the reference.
     pub mirror: bool,
+    /// Tried only when the endpoint before it (the same host over HTTPS) could not be reached
+    /// at all: the plain-HTTP fallback for a loopback registry without configuration.
+    pub http_fallback: bool,
+}
+
+/// Whether `host` (`name[:port]`) is this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // `[::1]:5000`, or `name:port`; a bare `::1` has more than one ':'.
+        Some((n, p)) if p.chars().all(|c| c.is_ascii_digit()) && !n.ends_with(':') => n,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The port of `host`, if it names one.
+fn port_of(host: &str) -> Option<&str> {
+    let (n, p) = host.rsplit_once(':')?;
+    (!p.is_empty()
+        && p.chars().all(|c| c.is_ascii_digit())
+        && (!n.contains(':') || n.ends_with(']')))
+    .then_some(p)
 }
 
 impl RegistriesConfig {
@@ -211,13 +237,37 @@ impl RegistriesConfig {
                 plain_http: plain,
                 insecure,
                 mirror: true,
+                http_fallback: false,
             });
+        }
+        if host.is_none() && is_loopback(registry) {
+            // As containerd 2.x: a registry on this machine without configuration is tried
+            // over HTTPS without verification (it has no certificate anyone signed), and over
+            // plain HTTP where HTTPS cannot be spoken, unless its port is 443.
+            out.push(Endpoint {
+                host: registry.to_string(),
+                plain_http: false,
+                insecure: true,
+                mirror: false,
+                http_fallback: false,
+            });
+            if port_of(registry).is_some_and(|p| p != "443") {
+                out.push(Endpoint {
+                    host: registry.to_string(),
+                    plain_http: true,
+                    insecure: false,
+                    mirror: false,
+                    http_fallback: true,
+                });
+            }
+            return out;
         }
         out.push(Endpoint {
             host: registry.to_string(),
             plain_http: host.is_some_and(|h| h.plain_http),
             insecure: host.is_some_and(|h| h.insecure_skip_verify),
             mirror: false,
+            http_fallback: false,
         });
         out
     }
@@ -247,6 +297,45 @@ mod tests {
         assert!(!e[1].plain_http);
         assert_eq!(e[2].host, "docker.io");
         assert!(!e[2].mirror);
+    }
+
+    #[test]
+    fn a_loopback_registry_without_configuration_falls_back_to_plain_http() {
+        let cfg = RegistriesConfig::default();
+        for host in [
+            "127.0.0.1:5000",
+            "localhost:5000",
+            "[::1]:5000",
+            "127.0.0.2:80",
+        ] {
+            let e = cfg.endpoints(host);
+            assert_eq!(e.len(), 2, "{host}: {e:?}");
+            assert!(
+                !e[0].plain_http && e[0].insecure && !e[0].http_fallback,
+                "{host}"
+            );
+            assert!(
+                e[1].plain_http && e[1].http_fallback && e[1].host == host,
+                "{host}"
+            );
+        }
+        for host in ["localhost", "127.0.0.1:443", "::1"] {
+            let e = cfg.endpoints(host);
+            assert_eq!(e.len(), 1, "{host}: {e:?}");
+            assert!(!e[0].plain_http && e[0].insecure, "{host}");
+        }
+        for host in ["registry.example:5000", "10.0.0.1:5000", "docker.io"] {
+            let e = cfg.endpoints(host);
+            assert_eq!(e.len(), 1, "{host}: {e:?}");
+            assert!(!e[0].plain_http && !e[0].insecure, "{host}");
+        }
+        // Configured hosts keep exactly what they say.
+        let mut cfg = RegistriesConfig::default();
+        cfg.hosts
+            .insert("127.0.0.1:5000".into(), HostConfig::default());
+        let e = cfg.endpoints("127.0.0.1:5000");
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].plain_http && !e[0].insecure);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! rootfs and mounts, cgroups and the security settings, and the container lifecycle (create,
 //! start, exec, kill, delete) the shim and the `bungeo-runtime` command line drive.
 
+pub mod apparmor;
 pub mod capabilities;
 pub mod cgroups;
 pub mod cni;

@@ -312,7 +312,7 @@ impl Containers {
             pod_namespaces: &namespaces,
             target_pid_namespace,
             cgroups_path: record.cgroups_path.clone(),
-            apparmor_enabled: self.apparmor,
+            apparmor: &self.apparmor,
             restrict_oom_score_adj: self.oom_score_adj,
         })
         .map_err(|e| Error::runtime("CreateContainer", e))?;

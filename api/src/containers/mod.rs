@@ -36,6 +36,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bungeo_imagestore::ImageStore;
+use bungeo_runtime::apparmor::AppArmor;
 use k8s_cri::v1 as cri;
 use tracing::{info, info_span, warn};
 
@@ -147,8 +148,8 @@ pub struct Containers {
     index: Mutex<Index>,
     /// The daemon's own `oom_score_adj`: containers cannot go below it (no CAP_SYS_RESOURCE).
     oom_score_adj: Option<i32>,
-    /// Whether the kernel has AppArmor enabled.
-    apparmor: bool,
+    /// What AppArmor offers on this node: the default profile is loaded at start.
+    apparmor: AppArmor,
     /// Where CREATED, STARTED, STOPPED and DELETED are reported (GetContainerEvents).
     events: Arc<ContainerEvents>,
 }
@@ -246,6 +247,7 @@ impl Containers {
         }
         let containers_dir = std::fs::canonicalize(&containers_dir)
             .map_err(|e| Error::io("resolve path", &containers_dir, e))?;
+        let apparmor = prepare_apparmor(&settings.state);
         let containers = Containers {
             containers_dir,
             state: settings.state,
@@ -255,11 +257,16 @@ impl Containers {
             sandboxes,
             index: Mutex::new(Index::default()),
             oom_score_adj: own_oom_score_adj(),
-            apparmor: apparmor_enabled(),
+            apparmor,
             events: Arc::new(ContainerEvents::new()),
         };
         containers.recover()?;
         Ok(containers)
+    }
+
+    /// What AppArmor offers on this node (verbose `Status` says it).
+    pub fn apparmor(&self) -> &AppArmor {
+        &self.apparmor
     }
 
     fn records(&self) -> &Records {
@@ -577,9 +584,22 @@ fn own_oom_score_adj() -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-fn apparmor_enabled() -> bool {
-    std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
-        .is_ok_and(|s| s.trim() == "Y")
+/// Loads the default AppArmor profile where the kernel enforces AppArmor, and says once what
+/// `RuntimeDefault` means on this node.
+fn prepare_apparmor(state: &Path) -> AppArmor {
+    let host = bungeo_runtime::apparmor::LinuxAppArmor {
+        stamp: state
+            .join("apparmor")
+            .join(bungeo_runtime::apparmor::DEFAULT_PROFILE),
+    };
+    let node = bungeo_runtime::apparmor::prepare(&host);
+    match node {
+        AppArmor::Enabled | AppArmor::Disabled => tracing::info!("AppArmor {}", node.describe()),
+        AppArmor::NoParser | AppArmor::LoadFailed(_) => {
+            tracing::warn!("AppArmor {}", node.describe())
+        }
+    }
+    node
 }
 
 #[cfg(test)]

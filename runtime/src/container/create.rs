@@ -80,11 +80,19 @@ fn validate(spec: &Spec) -> Result<()> {
         .apparmor_profile()
         .as_deref()
         .filter(|p| !p.is_empty())
-        && !Path::new("/sys/kernel/security/apparmor").exists()
     {
-        return Err(Error::Unsupported(format!(
-            "AppArmor profile {p:?} requested but AppArmor is not enabled on this host"
-        )));
+        if !Path::new("/sys/kernel/security/apparmor").exists() {
+            return Err(Error::Unsupported(format!(
+                "AppArmor profile {p:?} requested but AppArmor is not enabled on this host"
+            )));
+        }
+        // Refused here, at create: a profile nobody loaded would fail the container's exec
+        // instead (exit 127, with the reason only in the container's log).
+        if !crate::apparmor::profile_loaded(p)? {
+            return Err(Error::Unsupported(format!(
+                "AppArmor profile {p:?} is not loaded (load it with apparmor_parser first)"
+            )));
+        }
     }
     Ok(())
 }

@@ -152,11 +152,7 @@ impl SpecHost for LinuxHost {
     }
 
     fn apparmor_profile_loaded(&self, name: &str) -> Result<bool> {
-        let path = "/sys/kernel/security/apparmor/profiles";
-        let list = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
-        Ok(list
-            .lines()
-            .any(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(" ("))))
+        crate::apparmor::profile_loaded(name)
     }
 
     fn recursive_read_only_supported(&self) -> bool {

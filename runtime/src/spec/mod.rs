@@ -105,8 +105,8 @@ pub struct SpecInput<'a> {
     pub target_pid_namespace: Option<PathBuf>,
     /// The container's cgroup path (`linux.cgroupsPath`); empty leaves it to the runtime.
     pub cgroups_path: String,
-    /// Whether AppArmor is enabled on this node.
-    pub apparmor_enabled: bool,
+    /// What AppArmor offers on this node (decided at daemon start).
+    pub apparmor: &'a crate::apparmor::AppArmor,
     /// The daemon's own `oom_score_adj`: the container's is raised to at least this, since a
     /// process without CAP_SYS_RESOURCE cannot lower it.
     pub restrict_oom_score_adj: Option<i32>,
@@ -167,7 +167,7 @@ pub fn generate_with(input: &SpecInput, host: &dyn SpecHost) -> Result<Spec> {
     // Capabilities first: the default seccomp profile depends on the bounding set.
     let caps = security::capabilities(sc, host)?;
     let seccomp = security::seccomp(sc, &caps, &name)?;
-    let apparmor = security::apparmor(sc, input.apparmor_enabled, host, &name)?;
+    let apparmor = security::apparmor(sc, input.apparmor, host, &name)?;
 
     let mut process = Process::default();
     process.set_terminal(container.tty.then_some(true));
@@ -477,7 +477,7 @@ mod tests {
                     .map(|l| l.cgroup_parent.as_str())
                     .unwrap_or("")
             ),
-            apparmor_enabled: false,
+            apparmor: &crate::apparmor::AppArmor::Disabled,
             restrict_oom_score_adj: Some(0),
         };
         let spec = generate_with(&input, host)?;

@@ -18,11 +18,12 @@ use oci_spec::runtime::{Capabilities, Capability, LinuxCapabilities, LinuxSeccom
 
 use super::host::SpecHost;
 use super::seccomp_default;
+use crate::apparmor::AppArmor;
 use crate::{Error, Result};
 
 /// Name of the AppArmor profile applied for `RuntimeDefault` when AppArmor is enabled; the
-/// daemon must have loaded it.
-pub const DEFAULT_APPARMOR_PROFILE: &str = "bungeo-default";
+/// daemon loads it at start ([`crate::apparmor::prepare`]).
+pub use crate::apparmor::DEFAULT_PROFILE as DEFAULT_APPARMOR_PROFILE;
 
 /// containerd's default capability set, in its order.
 pub(super) const DEFAULT_CAPABILITIES: [Capability; 14] = [
@@ -342,11 +343,13 @@ pub(super) fn load_seccomp_profile(path: &std::path::Path) -> Result<LinuxSeccom
 
 /// The AppArmor profile. With AppArmor disabled, asking for a `Localhost` profile is an error
 /// and anything else is ignored. With it enabled: unset or `RuntimeDefault` gives
-/// [`DEFAULT_APPARMOR_PROFILE`] (nothing for a privileged container), `Localhost` a loaded
-/// profile of that name.
+/// [`DEFAULT_APPARMOR_PROFILE`] (nothing for a privileged container) where the daemon could
+/// load it, unconfined where no parser is installed (as containerd), and an error where loading
+/// failed; `Localhost` a loaded profile of that name. A profile that is not loaded is refused
+/// here: a container asking for one could never run (its exec fails).
 pub(super) fn apparmor(
     sc: &LinuxContainerSecurityContext,
-    enabled: bool,
+    node: &AppArmor,
     host: &dyn SpecHost,
     name: &str,
 ) -> Result<Option<String>> {
@@ -363,7 +366,7 @@ pub(super) fn apparmor(
         Some(p) => profile_type(p, "apparmor", name)?,
         None => ProfileType::RuntimeDefault,
     };
-    if !enabled {
+    if !node.kernel_enabled() {
         if t == ProfileType::Localhost {
             let r = profile.map(|p| p.localhost_ref).unwrap_or_default();
             return Err(Error::Unsupported(format!(
@@ -375,7 +378,22 @@ pub(super) fn apparmor(
     match t {
         ProfileType::Unconfined => Ok(None),
         ProfileType::RuntimeDefault if sc.privileged => Ok(None),
-        ProfileType::RuntimeDefault => Ok(Some(DEFAULT_APPARMOR_PROFILE.to_string())),
+        ProfileType::RuntimeDefault => match node {
+            AppArmor::NoParser => Ok(None),
+            AppArmor::LoadFailed(why) => Err(Error::Unsupported(format!(
+                "container {name}: the default AppArmor profile {DEFAULT_APPARMOR_PROFILE} is not \
+                 loaded ({why}); fix the profile load and restart bungeo, or ask for Unconfined"
+            ))),
+            AppArmor::Enabled | AppArmor::Disabled => {
+                if !host.apparmor_profile_loaded(DEFAULT_APPARMOR_PROFILE)? {
+                    return Err(Error::Unsupported(format!(
+                        "container {name}: the default AppArmor profile {DEFAULT_APPARMOR_PROFILE} \
+                         is no longer loaded (was AppArmor reloaded?); restart bungeo to load it again"
+                    )));
+                }
+                Ok(Some(DEFAULT_APPARMOR_PROFILE.to_string()))
+            }
+        },
         ProfileType::Localhost => {
             let r = profile.map(|p| p.localhost_ref).unwrap_or_default();
             let r = r.trim_start_matches("localhost/").to_string();
@@ -386,7 +404,7 @@ pub(super) fn apparmor(
             }
             if !host.apparmor_profile_loaded(&r)? {
                 return Err(Error::InvalidArgument(format!(
-                    "container {name}: AppArmor profile {r:?} is not loaded"
+                    "container {name}: AppArmor profile {r:?} is not loaded (load it with apparmor_parser first)"
                 )));
             }
             Ok(Some(r))
@@ -652,24 +670,14 @@ mod tests {
     #[test]
     fn apparmor_disabled() {
         let h = FakeHost::default();
-        assert_eq!(apparmor(&sc(), false, &h, "c").unwrap(), None);
-        assert_eq!(
-            apparmor(
-                &apparmor_sc(ProfileType::RuntimeDefault, ""),
-                false,
-                &h,
-                "c"
-            )
-            .unwrap(),
-            None
-        );
-        assert_eq!(
-            apparmor(&apparmor_sc(ProfileType::Unconfined, ""), false, &h, "c").unwrap(),
-            None
-        );
+        let off = AppArmor::Disabled;
+        assert_eq!(apparmor(&sc(), &off, &h, "c").unwrap(), None);
+        for t in [ProfileType::RuntimeDefault, ProfileType::Unconfined] {
+            assert_eq!(apparmor(&apparmor_sc(t, ""), &off, &h, "c").unwrap(), None);
+        }
         let e = apparmor(
             &apparmor_sc(ProfileType::Localhost, "my-prof"),
-            false,
+            &off,
             &h,
             "c",
         )
@@ -686,24 +694,25 @@ mod tests {
     #[allow(deprecated)]
     fn apparmor_enabled() {
         let h = FakeHost {
-            apparmor_profiles: vec!["my-prof".into()],
+            apparmor_profiles: vec!["my-prof".into(), DEFAULT_APPARMOR_PROFILE.into()],
             ..Default::default()
         };
+        let on = AppArmor::Enabled;
         assert_eq!(
-            apparmor(&sc(), true, &h, "c").unwrap().as_deref(),
+            apparmor(&sc(), &on, &h, "c").unwrap().as_deref(),
             Some(DEFAULT_APPARMOR_PROFILE)
         );
         let mut p = apparmor_sc(ProfileType::RuntimeDefault, "");
         p.privileged = true;
-        assert_eq!(apparmor(&p, true, &h, "c").unwrap(), None);
+        assert_eq!(apparmor(&p, &on, &h, "c").unwrap(), None);
         assert_eq!(
-            apparmor(&apparmor_sc(ProfileType::Unconfined, ""), true, &h, "c").unwrap(),
+            apparmor(&apparmor_sc(ProfileType::Unconfined, ""), &on, &h, "c").unwrap(),
             None
         );
         assert_eq!(
             apparmor(
                 &apparmor_sc(ProfileType::Localhost, "localhost/my-prof"),
-                true,
+                &on,
                 &h,
                 "c"
             )
@@ -711,12 +720,48 @@ mod tests {
             .as_deref(),
             Some("my-prof")
         );
-        assert!(apparmor(&apparmor_sc(ProfileType::Localhost, "other"), true, &h, "c").is_err());
+        let e = apparmor(&apparmor_sc(ProfileType::Localhost, "other"), &on, &h, "c").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+        assert!(e.to_string().contains("\"other\" is not loaded"), "{e}");
         let mut legacy = sc();
         legacy.apparmor_profile = "localhost/my-prof".into();
         assert_eq!(
-            apparmor(&legacy, true, &h, "c").unwrap().as_deref(),
+            apparmor(&legacy, &on, &h, "c").unwrap().as_deref(),
             Some("my-prof")
         );
+    }
+
+    #[test]
+    fn runtime_default_is_never_a_profile_that_is_not_loaded() {
+        let none = FakeHost::default();
+        // No parser: unconfined, as containerd runs it, and a Localhost profile still applies
+        // when someone loaded it.
+        assert_eq!(
+            apparmor(&sc(), &AppArmor::NoParser, &none, "c").unwrap(),
+            None
+        );
+        let mine = FakeHost {
+            apparmor_profiles: vec!["mine".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            apparmor(
+                &apparmor_sc(ProfileType::Localhost, "mine"),
+                &AppArmor::NoParser,
+                &mine,
+                "c"
+            )
+            .unwrap()
+            .as_deref(),
+            Some("mine")
+        );
+        // The load failed: refused with the reason, not a container that exits 127.
+        let failed = AppArmor::LoadFailed("parser said no".into());
+        let e = apparmor(&sc(), &failed, &none, "c").unwrap_err();
+        assert!(matches!(e, Error::Unsupported(_)), "{e}");
+        assert!(e.to_string().contains("parser said no"), "{e}");
+        // Loaded at start, unloaded since.
+        let e = apparmor(&sc(), &AppArmor::Enabled, &none, "c").unwrap_err();
+        assert!(e.to_string().contains("no longer loaded"), "{e}");
     }
 }
