@@ -357,6 +357,7 @@ impl Container {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespaces::forked::copy_executable;
     use std::os::unix::fs::symlink;
 
     const BUSYBOX: &str = "/bin/busybox";
@@ -397,7 +398,9 @@ mod tests {
         let dir = tmp.path().join("bundle");
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        // Not with fs::copy: a container another test forks meanwhile would hold it open for
+        // writing until started, and exec'ing it would fail with ETXTBSY (see the helper).
+        copy_executable(Path::new(BUSYBOX), &rootfs.join("bin/busybox")).unwrap();
         for a in [
             "sh", "id", "cat", "ls", "hostname", "sleep", "grep", "echo", "true", "mkdir",
         ] {
