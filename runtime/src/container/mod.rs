@@ -845,10 +845,11 @@ mod tests {
         let mut c = Container::create(&o).unwrap();
         let master = tty::recv_fd(std::os::fd::AsFd::as_fd(&mine)).unwrap();
         c.start().unwrap();
-        assert_eq!(wait_exit_code(c.pid()).unwrap(), 0);
+        let code = wait_exit_code(c.pid()).unwrap();
         let mut f = std::fs::File::from(master);
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut f, &mut out);
+        assert_eq!(code, 0, "{out:?}");
         assert!(out.contains("/dev/pts/0"), "{out:?}");
         assert!(out.contains("/dev/console"), "{out:?}");
         c.delete(false).unwrap();
