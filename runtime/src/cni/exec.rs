@@ -201,11 +201,11 @@ fn plugin_error(stdout: &[u8], stderr: &[u8], status: &str) -> ExecFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespaces::forked::write_executable;
 
     fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
         let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&path, format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
         path
     }
 

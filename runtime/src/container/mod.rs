@@ -363,6 +363,7 @@ impl Container {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::namespaces::forked::copy_executable;
     use std::os::unix::fs::symlink;
 
     const BUSYBOX: &str = "/bin/busybox";
@@ -403,7 +404,9 @@ mod tests {
         let dir = tmp.path().join("bundle");
         let rootfs = dir.join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
+        // Not with fs::copy: a container another test forks meanwhile would hold it open for
+        // writing until started, and exec'ing it would fail with ETXTBSY (see the helper).
+        copy_executable(Path::new(BUSYBOX), &rootfs.join("bin/busybox")).unwrap();
         for a in [
             "sh", "id", "cat", "ls", "hostname", "sleep", "grep", "echo", "true", "mkdir",
         ] {
@@ -886,10 +889,11 @@ mod tests {
         let mut c = Container::create(&o).unwrap();
         let master = tty::recv_fd(std::os::fd::AsFd::as_fd(&mine)).unwrap();
         c.start().unwrap();
-        assert_eq!(wait_exit_code(c.pid()).unwrap(), 0);
+        let code = wait_exit_code(c.pid()).unwrap();
         let mut f = std::fs::File::from(master);
         let mut out = String::new();
         let _ = std::io::Read::read_to_string(&mut f, &mut out);
+        assert_eq!(code, 0, "{out:?}");
         assert!(out.contains("/dev/pts/0"), "{out:?}");
         assert!(out.contains("/dev/console"), "{out:?}");
         c.delete(false).unwrap();

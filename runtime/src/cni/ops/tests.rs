@@ -2,7 +2,6 @@
 //! and, as root, against the real plugins in `/usr/lib/cni` in namespaces the tests create.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,6 +12,7 @@ use super::*;
 use crate::cni::{
     CapabilityArgs, DefaultNetwork, NetworkList, PortMapping, RuntimeArgs, parse_cidr,
 };
+use crate::namespaces::forked::write_executable;
 use crate::namespaces::{self, NsKind};
 
 /// A directory of fake plugins that log each call as `<n>-<plugin>-<COMMAND>.{json,env}`.
@@ -60,8 +60,7 @@ fi
             log = log.display()
         );
         let path = self.bin().join(name);
-        std::fs::write(&path, script).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_executable(&path, script.as_bytes()).unwrap();
     }
 
     fn plugins(&self) -> Plugins {
@@ -257,8 +256,7 @@ fn a_missing_plugin_is_named_with_the_directories() {
 fn a_result_that_is_not_json_fails_the_add() {
     let fakes = Fakes::new();
     let path = fakes.bin().join("garbage");
-    std::fs::write(&path, "#!/bin/sh\ncat >/dev/null; echo 'hello'\n").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_executable(&path, b"#!/bin/sh\ncat >/dev/null; echo 'hello'\n").unwrap();
     let err = add(&list("1.0.0", &["garbage"]), &rt(), &fakes.plugins()).unwrap_err();
     assert!(err.to_string().contains("not JSON"), "{err}");
 }
