@@ -15,6 +15,7 @@ use crate::reference::{Reference, parse_image_id};
 /// apparent size (holes included), so a few bytes of header could ask for hours of work.
 const MAX_ENTRY_SIZE: u64 = 64 << 20;
 
+mod jail;
 mod sentinels;
 
 pub use sentinels::Sentinels;
@@ -32,29 +33,47 @@ pub fn unpack(data: &[u8]) {
 }
 
 /// [`unpack`] with the unpacker given, so the check itself can be tested with one that escapes.
-fn unpack_with(data: &[u8], apply: impl FnOnce(&[u8], &Path)) {
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir().join(format!(
-        "bungeo-fuzz-unpack-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
-    if fs::create_dir(&base).is_err() {
-        return;
-    }
-    let changes = match Sentinels::plant(&base) {
-        Ok(sentinels) => {
-            apply(data, sentinels.layer());
-            sentinels.changes()
+/// In the jail ([`jail`]) when this process may make one, else in a fresh directory under the
+/// temp dir.
+fn unpack_with(data: &[u8], apply: fn(&[u8], &Path)) {
+    let changes = match jail::shared() {
+        Ok(jail) => {
+            let data = data.to_vec();
+            jail.run(move |dir| planted_unpack(dir, &data, apply))
+                .unwrap_or_else(|panic| panic!("the unpack panicked in the jail: {panic}"))
         }
-        Err(e) => panic!("plant the sentinel tree in {}: {e}", base.display()),
+        Err(why) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("unpack fuzz: no private mount namespace ({why}): sentinel tree only")
+            });
+            static RUN: AtomicU64 = AtomicU64::new(0);
+            let base = std::env::temp_dir().join(format!(
+                "bungeo-fuzz-unpack-{}-{}",
+                std::process::id(),
+                RUN.fetch_add(1, Ordering::Relaxed)
+            ));
+            if fs::create_dir(&base).is_err() {
+                return;
+            }
+            let changes = planted_unpack(&base, data, apply);
+            remove_tree(&base);
+            changes
+        }
     };
-    remove_tree(&base);
     assert!(
         changes.is_empty(),
         "the layer changed the tree outside its root:\n{}",
         changes.join("\n")
     );
+}
+
+/// Plants the sentinel tree in `base` (empty), unpacks into its layer and lists the changes.
+fn planted_unpack(base: &Path, data: &[u8], apply: fn(&[u8], &Path)) -> Vec<String> {
+    let sentinels = Sentinels::plant(base)
+        .unwrap_or_else(|e| panic!("plant the sentinel tree in {}: {e}", base.display()));
+    apply(data, sentinels.layer());
+    sentinels.changes()
 }
 
 /// Removes `dir`, making directories the layer left without write or search permission
