@@ -34,6 +34,9 @@ pub const ROOT_DIR_MODE: u32 = 0o711;
 pub const STATE_DIR_MODE: u32 = 0o700;
 /// How long in-flight calls may run on after a shutdown signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Largest CRI message received or sent: kubelet's CRI client and containerd both allow
+/// 16 MiB (tonic's default of 4 MiB refused a container whose arguments kubelet passes).
+pub const MAX_MESSAGE: usize = 16 << 20;
 /// How long cancelled work may take to let go of the store once the grace period is over.
 const CLEANUP_GRACE: Duration = Duration::from_secs(3);
 
@@ -147,8 +150,16 @@ impl Daemon {
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .add_service(RuntimeServiceServer::new(runtime_service))
-            .add_service(ImageServiceServer::new(images))
+            .add_service(
+                RuntimeServiceServer::new(runtime_service)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
+            .add_service(
+                ImageServiceServer::new(images)
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .max_encoding_message_size(MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 // A dropped sender also means stop.
                 let _ = stop_rx.await;

@@ -25,6 +25,8 @@ pub mod shims;
 pub mod state_lock;
 pub mod stats;
 pub mod streaming;
+#[cfg(test)]
+mod test_skip;
 pub mod userns;
 
 pub use config::Config;

@@ -1,7 +1,6 @@
 //! Entry points for the fuzz targets in `fuzz/`: each takes arbitrary bytes and panics only
 //! when an invariant breaks, so a libFuzzer crash is a real finding. Not a stable API.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,46 +15,86 @@ use crate::reference::{Reference, parse_image_id};
 /// apparent size (holes included), so a few bytes of header could ask for hours of work.
 const MAX_ENTRY_SIZE: u64 = 64 << 20;
 
-/// Unpacks `data` as a layer tar into a fresh directory and checks nothing appeared beside it.
+mod jail;
+mod sentinels;
+
+pub use sentinels::Sentinels;
+
+/// Unpacks `data` as a layer tar into `root/layer` of a fresh sentinel tree
+/// ([`Sentinels`]) and checks that nothing outside the layer changed: no sentinel file, dir,
+/// symlink or their metadata, and nothing new beside the layer or the root.
 pub fn unpack(data: &[u8]) {
     if declares_huge_entry(data) {
         return;
     }
-    static RUN: AtomicU64 = AtomicU64::new(0);
-    let base = std::env::temp_dir().join(format!(
-        "bungeo-fuzz-unpack-{}-{}",
-        std::process::id(),
-        RUN.fetch_add(1, Ordering::Relaxed)
-    ));
-    let dest = base.join("rootfs");
-    if fs::create_dir_all(&dest).is_err() {
-        return;
-    }
-    fs::write(base.join("sentinel"), b"untouched").ok();
-    let _ = crate::unpack::apply_layer(data, &dest, "sha256:fuzz");
-    let beside = names(&base);
-    let sentinel = fs::read(base.join("sentinel")).ok();
-    fs::remove_dir_all(&base).ok();
-    let expected: BTreeSet<String> = ["rootfs", "sentinel"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    assert_eq!(beside, expected, "the layer wrote outside its root");
-    assert_eq!(
-        sentinel.as_deref(),
-        Some(&b"untouched"[..]),
-        "the layer changed a file outside its root"
+    unpack_with(data, |data, dest| {
+        let _ = crate::unpack::apply_layer(data, dest, "sha256:fuzz");
+    });
+}
+
+/// [`unpack`] with the unpacker given, so the check itself can be tested with one that escapes.
+/// In the jail ([`jail`]) when this process may make one, else in a fresh directory under the
+/// temp dir.
+fn unpack_with(data: &[u8], apply: fn(&[u8], &Path)) {
+    let changes = match jail::shared() {
+        Ok(jail) => {
+            let data = data.to_vec();
+            jail.run(move |dir| planted_unpack(dir, &data, apply))
+                .unwrap_or_else(|panic| panic!("the unpack panicked in the jail: {panic}"))
+        }
+        Err(why) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                eprintln!("unpack fuzz: no private mount namespace ({why}): sentinel tree only")
+            });
+            static RUN: AtomicU64 = AtomicU64::new(0);
+            let base = std::env::temp_dir().join(format!(
+                "bungeo-fuzz-unpack-{}-{}",
+                std::process::id(),
+                RUN.fetch_add(1, Ordering::Relaxed)
+            ));
+            if fs::create_dir(&base).is_err() {
+                return;
+            }
+            let changes = planted_unpack(&base, data, apply);
+            remove_tree(&base);
+            changes
+        }
+    };
+    assert!(
+        changes.is_empty(),
+        "the layer changed the tree outside its root:\n{}",
+        changes.join("\n")
     );
 }
 
-fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+/// Plants the sentinel tree in `base` (empty), unpacks into its layer and lists the changes.
+fn planted_unpack(base: &Path, data: &[u8], apply: fn(&[u8], &Path)) -> Vec<String> {
+    let sentinels = Sentinels::plant(base)
+        .unwrap_or_else(|e| panic!("plant the sentinel tree in {}: {e}", base.display()));
+    apply(data, sentinels.layer());
+    sentinels.changes()
+}
+
+/// Removes `dir`, making directories the layer left without write or search permission
+/// removable first.
+fn remove_tree(dir: &Path) {
+    if fs::remove_dir_all(dir).is_ok() {
+        return;
+    }
+    fn open_up(dir: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).ok();
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    open_up(&e.path());
+                }
+            }
+        }
+    }
+    open_up(dir);
+    fs::remove_dir_all(dir).ok();
 }
 
 fn declares_huge_entry(data: &[u8]) -> bool {
@@ -162,6 +201,52 @@ mod tests {
         manifest(b"not json");
         unpack(b"");
         unpack(&[0u8; 1024]);
+    }
+
+    const ESCAPE_SEED: &[u8] = include_bytes!("../../fuzz/corpus/unpack/escape.tar");
+
+    #[test]
+    fn the_seed_corpus_passes() {
+        unpack(ESCAPE_SEED);
+        unpack(include_bytes!("../../fuzz/corpus/unpack/tree.tar"));
+        unpack(include_bytes!("../../fuzz/corpus/unpack/special.tar"));
+    }
+
+    /// The check fails for an unpacker that writes through a symlink the layer made.
+    #[test]
+    #[should_panic(expected = "the layer changed the tree outside its root")]
+    fn an_unpacker_that_follows_symlinks_fails_the_check() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "up", "..").unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(7);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "up/sentinel", &b"escaped"[..])
+            .unwrap();
+        let layer = b.into_inner().unwrap();
+        // The real unpacker keeps it inside.
+        unpack(&layer);
+        unpack_with(&layer, |data, dest| {
+            let mut archive = tar::Archive::new(data);
+            for entry in archive.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let path = entry.path().unwrap().into_owned();
+                // Naive: joins the name and writes through whatever is there.
+                let _ = entry.unpack(dest.join(&path));
+            }
+        });
+    }
+
+    /// A single write beside the layer is enough.
+    #[test]
+    #[should_panic(expected = "root/sentinel changed")]
+    fn one_write_outside_the_layer_fails_the_check() {
+        unpack_with(b"", |_, dest| {
+            fs::write(dest.join("../sentinel"), b"escaped!!").unwrap();
+        });
     }
 
     #[test]

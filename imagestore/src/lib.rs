@@ -14,6 +14,8 @@ pub mod reference;
 pub mod registry;
 pub mod snapshots;
 pub mod store;
+#[cfg(test)]
+mod test_skip;
 pub mod unpack;
 pub mod whiteout;
 

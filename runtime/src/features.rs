@@ -274,6 +274,7 @@ mod tests {
     #[test]
     fn probes_on_this_kernel() {
         if !nix::unistd::geteuid().is_root() {
+            crate::test_skip::skip("root", "probes mounts and user namespaces");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -16,5 +16,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod spec;
 pub mod syscall;
+#[cfg(test)]
+mod test_skip;
 
 pub use error::{Error, Result};

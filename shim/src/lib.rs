@@ -29,6 +29,8 @@ pub mod service;
 pub mod state;
 pub mod stdio;
 pub mod supervisor;
+#[cfg(test)]
+mod test_skip;
 pub mod tty;
 
 pub use config::Config;

@@ -222,7 +222,7 @@ mod tests {
         if !Path::new("/sys/fs/cgroup/memory").is_dir()
             && !Path::new("/sys/fs/cgroup/memory.events").exists()
         {
-            eprintln!("skipped: no memory cgroup hierarchy here");
+            crate::test_skip::skip("memory-cgroup", "no memory cgroup hierarchy here");
             return;
         }
         // The root cgroup of v1 has no memory.oom_control counter line on every kernel, so

@@ -710,7 +710,10 @@ mod tests {
     #[test]
     fn bundle_has_a_busybox_rootfs_and_a_config() {
         if !Path::new(BUSYBOX).exists() {
-            eprintln!("skipped: {BUSYBOX} missing (apt-get install busybox-static)");
+            crate::test_skip::skip(
+                "busybox",
+                &format!("{BUSYBOX} missing (apt-get install busybox-static)"),
+            );
             return;
         }
         let bundle = Bundle::create(&BundleSpec::command(&["/bin/true"])).unwrap();

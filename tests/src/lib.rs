@@ -22,4 +22,5 @@ pub mod registryhosts;
 pub mod scene;
 pub mod streaming;
 pub mod suite;
+pub mod test_skip;
 pub mod workload;

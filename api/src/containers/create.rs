@@ -122,6 +122,24 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A container's log path is relative to its pod's log directory (the CRI's `log_path`) and
+/// must stay inside it: an absolute path or a `..` would have the shim create and write a
+/// file anywhere on the host, as root.
+fn check_log_path(log_path: &str) -> std::result::Result<(), String> {
+    let path = Path::new(log_path);
+    if path.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        return Err(format!(
+            "config.log_path {log_path:?} must be a relative path inside the pod's log directory"
+        ));
+    }
+    Ok(())
+}
+
 impl Containers {
     /// CreateContainer: creates a container in a ready pod sandbox and returns its id. On
     /// failure nothing of it is left: no shim, no mount, no directory, no record.
@@ -146,6 +164,7 @@ impl Containers {
         if image_name.is_empty() {
             return Err(invalid("config.image.image is required"));
         }
+        check_log_path(&config.log_path).map_err(|m| invalid(&m))?;
         let sandbox = self.sandboxes.record(&request.pod_sandbox_id)?;
         if sandbox.phase != SandboxPhase::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -565,5 +584,21 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [SPEC_FILE]);
+    }
+
+    #[test]
+    fn log_paths_stay_in_the_log_directory() {
+        for ok in ["web/0.log", "0.log", "./a/b.log", "a..b/..c.log"] {
+            assert_eq!(check_log_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "../x.log",
+            "a/../../x.log",
+            "/etc/x.log",
+            "a/..",
+            "../../../../etc/passwd",
+        ] {
+            assert!(check_log_path(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -338,7 +338,7 @@ async fn https_request(url: &str, cert: &std::path::Path, extra: &str) -> String
 async fn tls_serves_https_urls_and_refuses_plain_http() {
     let dir = tempfile::tempdir().unwrap();
     let Some((cert, key)) = self_signed(dir.path()) else {
-        eprintln!("openssl is not installed: TLS loopback test skipped");
+        crate::test_skip::skip("openssl", "makes the self-signed certificate");
         return;
     };
     let config = StreamingConfig {

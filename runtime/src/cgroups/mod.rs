@@ -954,7 +954,7 @@ mod tests {
     fn v2_paths_on_the_cgroup2_hierarchy() {
         let node = Hierarchy::detect().expect("detect");
         let Some(root) = node.unified.clone() else {
-            eprintln!("no cgroup2 hierarchy on this node: v2 paths not tested");
+            crate::test_skip::skip("cgroup2", "no cgroup2 hierarchy on this node");
             return;
         };
         let hierarchy = Hierarchy::v2(root);
@@ -1086,7 +1086,7 @@ rm -f "$0/blk""#;
     fn v2_device_rules_are_enforced_with_ebpf() {
         let node = Hierarchy::detect().expect("detect");
         let Some(root) = node.unified.clone() else {
-            eprintln!("no cgroup2 hierarchy on this node: v2 device rules not tested");
+            crate::test_skip::skip("cgroup2", "no cgroup2 hierarchy on this node");
             return;
         };
         // A block device of this machine, opened read-only through a node made in scratch.
@@ -1181,7 +1181,10 @@ rm -f "$0/blk""#;
         let node = Hierarchy::detect().expect("detect");
         if node.layout != Layout::Hybrid || node.v1.contains_key("hugetlb") || !has_2mb_hugepages()
         {
-            eprintln!("not a hybrid node without v1 hugetlb: nothing to test");
+            crate::test_skip::skip(
+                "hybrid-hugetlb",
+                "not a hybrid node with 2 MiB hugepages and no v1 hugetlb",
+            );
             return;
         }
         let parent = TestParent::new(node.clone(), "huge");

@@ -370,11 +370,11 @@ mod tests {
 
     fn can_run() -> bool {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
+            crate::test_skip::skip("root", "runs real containers");
             return false;
         }
         if !Path::new(BUSYBOX).exists() {
-            eprintln!("skipped: needs {BUSYBOX} (busybox-static)");
+            crate::test_skip::skip("busybox", &format!("{BUSYBOX} (busybox-static)"));
             return false;
         }
         true

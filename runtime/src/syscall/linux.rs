@@ -643,7 +643,7 @@ mod tests {
     #[test]
     fn pivot_rootfs_slaves_only_the_old_root() {
         if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
+            crate::test_skip::skip("root", "pivot_root in a new mount namespace");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -194,6 +194,7 @@ mod tests {
     #[test]
     fn recursive_read_only_on_a_detached_tmpfs_refuses_writes() {
         if !root() {
+            crate::test_skip::skip("root", "mounts a tmpfs");
             return;
         }
         let mnt = new_fs("tmpfs", &[("size", "64k")]).unwrap();

@@ -16,6 +16,10 @@ use bungeo_shim::{Config, launch};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+#[path = "../../src/test_skip.rs"]
+mod test_skip;
+pub use test_skip::skip;
+
 /// Debian's busybox-static.
 pub const BUSYBOX: &str = "/bin/busybox";
 
@@ -29,11 +33,14 @@ const APPLETS: &[&str] = &[
 /// Whether these tests can run here (root, busybox); says why not.
 pub fn can_run() -> bool {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root");
+        skip("root", "the shim runs containers");
         return false;
     }
     if !Path::new(BUSYBOX).exists() {
-        eprintln!("skipped: needs {BUSYBOX} (apt-get install busybox-static)");
+        skip(
+            "busybox",
+            &format!("{BUSYBOX} (apt-get install busybox-static)"),
+        );
         return false;
     }
     true
