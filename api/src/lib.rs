@@ -26,6 +26,7 @@ pub mod state_lock;
 pub mod stats;
 pub mod streaming;
 #[cfg(test)]
+#[path = "../../testsupport/skip.rs"]
 mod test_skip;
 pub mod userns;
 

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod snapshots;
 pub mod store;
 #[cfg(test)]
+#[path = "../../testsupport/skip.rs"]
 mod test_skip;
 pub mod unpack;
 pub mod whiteout;

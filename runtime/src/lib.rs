@@ -17,6 +17,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod syscall;
 #[cfg(test)]
+#[path = "../../testsupport/skip.rs"]
 mod test_skip;
 
 pub use error::{Error, Result};

@@ -30,6 +30,7 @@ pub mod state;
 pub mod stdio;
 pub mod supervisor;
 #[cfg(test)]
+#[path = "../../testsupport/skip.rs"]
 mod test_skip;
 pub mod tty;
 

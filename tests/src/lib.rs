@@ -22,5 +22,6 @@ pub mod registryhosts;
 pub mod scene;
 pub mod streaming;
 pub mod suite;
+#[path = "../../testsupport/skip.rs"]
 pub mod test_skip;
 pub mod workload;

@@ -16,7 +16,7 @@ use bungeo_shim::{Config, launch};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-#[path = "../../src/test_skip.rs"]
+#[path = "../../../testsupport/skip.rs"]
 mod test_skip;
 pub use test_skip::skip;
 

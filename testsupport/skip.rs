@@ -1,8 +1,8 @@
 //! How a test that cannot run here says so: one line, `SKIP <test>: needs <need>: <why>`, on
 //! stderr and appended to the file `$BUNGEO_SKIP_LOG` names (cargo captures a passing test's
 //! output; hack/test sets the variable, lists the skips and, under CI, fails for a `need` that
-//! CI installs: root, busybox, cni-plugins, openssl, runc, crun, containerd). Each crate keeps
-//! one copy of this file; the line's format is what hack/test reads.
+//! CI installs: root, busybox, cni-plugins, openssl, runc, crun, containerd). This one file is
+//! included by every crate (`#[path]`); the line's format is what hack/test reads.
 
 use std::io::Write;
 
