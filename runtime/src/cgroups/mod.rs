@@ -1089,7 +1089,21 @@ rm -f "$0/blk""#;
             crate::test_skip::skip("cgroup2", "no cgroup2 hierarchy on this node");
             return;
         };
-        // A block device of this machine, opened read-only through a node made in scratch.
+        // A block device of this machine that opens (an empty CD drive answers ENOMEDIUM
+        // whatever the cgroup says), opened read-only through a node made in scratch.
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let opens = |(major, minor): (u32, u32)| {
+            let node = scratch.path().join("candidate");
+            let _ = std::fs::remove_file(&node);
+            nix::sys::stat::mknod(
+                &node,
+                nix::sys::stat::SFlag::S_IFBLK,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+            )
+            .is_ok()
+                && std::fs::File::open(&node).is_ok()
+        };
         let block = std::fs::read_dir("/sys/dev/block")
             .expect("/sys/dev/block")
             .filter_map(|e| {
@@ -1097,9 +1111,9 @@ rm -f "$0/blk""#;
                 let (major, minor) = name.split_once(':')?;
                 Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?))
             })
-            .next()
-            .expect("a block device");
-        let scratch = tempfile::tempdir().expect("tempdir");
+            .find(|d| opens(*d))
+            .expect("a block device that opens");
+        let _ = std::fs::remove_file(scratch.path().join("candidate"));
         let hierarchy = Hierarchy::v2(root);
         let parent = TestParent::new(hierarchy.clone(), "v2dev");
         let cg = Cgroup::new_in(&hierarchy, &parent.child_path(), "ctr").expect("create");
