@@ -36,6 +36,7 @@ fn main() {
         check!(lifecycle),
         check!(exit_codes),
         check!(log_format),
+        check!(log_partial_lines),
         check!(env_args_and_entrypoint),
         check!(users),
         check!(readonly_rootfs),
@@ -375,6 +376,58 @@ async fn log_format(ctx: Ctx) -> Result<()> {
         ensure!(
             log.iter().all(|(_, _, _, c)| c.len() <= 16 * 1024),
             "a record longer than 16 KiB"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The tags of the CRI log format as containerd's logger writes them: a line waits for its
+/// newline however long the container pauses mid-line, `\r\n` ends a line like `\n`, and
+/// output that ends without a newline is a partial (`P`) record, so that kubelet adds no
+/// newline the container never wrote.
+async fn log_partial_lines(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "partial", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let pod = s.pod("partial").await?;
+        let script = "printf abcd; sleep 1; printf 'efgh\\n'; printf 'crlf\\r\\n'; \
+                      printf 'cr\\rin\\n'; printf err-tail >&2; printf tail";
+        let id = s
+            .run(&pod, container("partial", &image, &["sh", "-c", script]))
+            .await?;
+        let st = s.exited(&id).await?;
+        ensure_eq!(st.exit_code, 0, "exit code");
+        let of = |log: &[bungeo_tests::crilog::LogLine], stream: &str| {
+            log.iter()
+                .filter(|(_, s, _, _)| s == stream)
+                .map(|(_, _, tag, content)| (tag.clone(), content.clone()))
+                .collect::<Vec<_>>()
+        };
+        let log = s
+            .log_when(&id, |l| {
+                of(l, "stdout").len() >= 4 && !of(l, "stderr").is_empty()
+            })
+            .await?;
+        let want = |records: &[(&str, &str)]| {
+            records
+                .iter()
+                .map(|(t, c)| (t.to_string(), c.to_string()))
+                .collect::<Vec<_>>()
+        };
+        ensure_eq!(
+            of(&log, "stdout"),
+            want(&[
+                ("F", "abcdefgh"),
+                ("F", "crlf"),
+                ("F", "cr\rin"),
+                ("P", "tail")
+            ]),
+            "stdout records"
+        );
+        ensure_eq!(
+            of(&log, "stderr"),
+            want(&[("P", "err-tail")]),
+            "stderr records"
         );
         Ok(())
     })
