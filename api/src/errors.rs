@@ -85,6 +85,11 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
 
+    /// The container has no live task to answer from (ContainerStats of a container that does
+    /// not run): `Unknown`, the code containerd's failed task lookup gives.
+    #[error("{0}")]
+    NoTask(String),
+
     /// A container's shim failed a call, or could not be reached; `what` names the container
     /// and the call.
     #[error("{what}: {message}")]
@@ -123,6 +128,7 @@ pub fn status(err: &Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::NoTask(_) => Code::Unknown,
         Error::Runtime {
             source: bungeo_runtime::Error::InvalidArgument(_),
             ..
