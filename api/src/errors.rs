@@ -85,10 +85,11 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
 
-    /// The container has no live task to answer from (ContainerStats of a container that does
-    /// not run): `Unknown`, the code containerd's failed task lookup gives.
+    /// What cannot be done, found where containerd finds it (in its task service, or by its
+    /// OCI runtime) and so reported with containerd's code, `Unknown`: ContainerStats of a
+    /// container that does not run, a hostname for a pod on the node's network.
     #[error("{0}")]
-    NoTask(String),
+    Refused(String),
 
     /// A container's shim failed a call, or could not be reached; `what` names the container
     /// and the call.
@@ -128,7 +129,7 @@ pub fn status(err: &Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-        Error::NoTask(_) => Code::Unknown,
+        Error::Refused(_) => Code::Unknown,
         Error::Runtime {
             source: bungeo_runtime::Error::InvalidArgument(_),
             ..

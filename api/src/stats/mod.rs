@@ -238,7 +238,7 @@ impl StatsCollector {
         let record = containers.record(query)?;
         // Its cgroup is gone: no figures to give, as containerd, whose deleted task has none.
         if !has_stats(&record) {
-            return Err(Error::NoTask(format!(
+            return Err(Error::Refused(format!(
                 "container {} does not run: it has no stats",
                 record.id
             )));
