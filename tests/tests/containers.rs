@@ -35,6 +35,7 @@ fn main() {
     run_suite(vec![
         check!(lifecycle),
         check!(exit_codes),
+        check!(missing_command),
         check!(log_format),
         check!(log_partial_lines),
         check!(env_args_and_entrypoint),
@@ -336,6 +337,72 @@ async fn exit_codes(ctx: Ctx) -> Result<()> {
                 st.finished_at
             );
         }
+        Ok(())
+    })
+    .await
+}
+
+/// A command that does not exist: the container is created and fails to start (containerd
+/// creates its task only at start), ending EXITED with containerd's start-error code and
+/// reason and a message naming the command; kubelet then removes it and creates the next
+/// attempt in its stead.
+async fn missing_command(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "nocmd", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let pod = s.pod("nocmd").await?;
+        let config = container("nocmd", &image, &["no-such-command", "arg"]);
+        let id = s.create(&pod, config.clone()).await?;
+        ensure_eq!(
+            s.status(&id).await?.state(),
+            ContainerState::ContainerCreated,
+            "state after CreateContainer"
+        );
+        let started = s
+            .cri
+            .runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        let e = match started {
+            Ok(_) => bail!("StartContainer of a missing command succeeded"),
+            Err(e) => e,
+        };
+        ensure!(
+            e.message().contains("no-such-command"),
+            "StartContainer error {:?}: {}",
+            e.code(),
+            e.message()
+        );
+        let st = s.status(&id).await?;
+        ensure_eq!(
+            (st.state(), st.exit_code, st.reason.as_str()),
+            (ContainerState::ContainerExited, 128, "StartError"),
+            "status after the failed start"
+        );
+        ensure!(
+            st.message.contains("no-such-command")
+                && st.message.contains("executable file not found"),
+            "status message: {:?}",
+            st.message
+        );
+        ensure!(
+            st.finished_at >= st.created_at,
+            "finished_at {}",
+            st.finished_at
+        );
+        s.remove(&id).await.context("RemoveContainer")?;
+        let mut next = config;
+        next.command = strings(&["sh", "-c", "exit 0"]);
+        if let Some(m) = next.metadata.as_mut() {
+            m.attempt = 1;
+        }
+        let again = s.run(&pod, next).await.context("the next attempt")?;
+        ensure_eq!(
+            s.exited(&again).await?.exit_code,
+            0,
+            "the next attempt's exit"
+        );
         Ok(())
     })
     .await
