@@ -85,6 +85,12 @@ pub enum Error {
     #[error("{0}")]
     DeadlineExceeded(String),
 
+    /// What cannot be done, found where containerd finds it (in its task service, or by its
+    /// OCI runtime) and so reported with containerd's code, `Unknown`: ContainerStats of a
+    /// container that does not run, a hostname for a pod on the node's network.
+    #[error("{0}")]
+    Refused(String),
+
     /// A container's shim failed a call, or could not be reached; `what` names the container
     /// and the call.
     #[error("{what}: {message}")]
@@ -123,6 +129,7 @@ pub fn status(err: &Error) -> Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        Error::Refused(_) => Code::Unknown,
         Error::Runtime {
             source: bungeo_runtime::Error::InvalidArgument(_),
             ..

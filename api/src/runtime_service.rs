@@ -993,7 +993,8 @@ mod tests {
                 namespace: "default".into(),
                 attempt: 0,
             }),
-            hostname: "svc".into(),
+            // On the node's network: no name of its own, as kubelet sends.
+            hostname: String::new(),
             // PID mode CONTAINER: a shared pid namespace would start the real infra binary,
             // which the e2e suites cover. The node's network: this service has no CNI config.
             linux: Some(cri::LinuxPodSandboxConfig {

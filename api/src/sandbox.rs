@@ -365,11 +365,18 @@ impl Sandboxes {
         self.check_cgroup_parent(&linux.cgroup_parent)
             .map_err(|e| invalid(e.to_string()))?;
         validate_hostname(&config.hostname).map_err(|e| invalid(e.to_string()))?;
+        if host_network && !config.hostname.is_empty() {
+            // The pod shares the node's uts namespace: it cannot be named. containerd puts the
+            // name into the sandbox's spec and runc refuses it; kubelet sends none for these.
+            return Err(Error::Refused(format!(
+                "pod {name}: unable to set hostname without a private UTS namespace: a pod on \
+                 the node's network has the node's hostname"
+            )));
+        }
         let resolv_conf =
             render_resolv_conf(config.dns_config.as_ref()).map_err(|e| invalid(e.to_string()))?;
-        // A pod on the node's network shares the node's uts namespace, so its name is the
-        // node's whatever the request says (kubelet sends the node's name for these anyway).
-        let hostname = if config.hostname.is_empty() || host_network {
+        // A pod on the node's network (which asks for no name: refused above) has the node's.
+        let hostname = if config.hostname.is_empty() {
             self.node.node_hostname()?
         } else {
             config.hostname.clone()
@@ -1180,6 +1187,11 @@ esac
     ) -> cri::PodSandboxConfig {
         let linux = config.linux.get_or_insert_with(Default::default);
         linux.sysctls.clear();
+        if network == NODE {
+            // kubelet names no pod on the node's network.
+            config.hostname.clear();
+        }
+        let linux = config.linux.get_or_insert_with(Default::default);
         linux.security_context = Some(cri::LinuxSandboxSecurityContext {
             namespace_options: Some(cri::NamespaceOption {
                 network,
@@ -1335,6 +1347,13 @@ esac
         let env = Env::new();
         let sandboxes = env.open();
         let base = env.base();
+
+        let mut named = with_modes(pod_config("named"), NODE, NODE);
+        named.hostname = "named-host".into();
+        let err = sandboxes.run(&request(named)).unwrap_err();
+        assert!(matches!(err, Error::Refused(_)), "{err:?}");
+        assert!(err.to_string().contains("without a private UTS"), "{err}");
+        env.assert_empty(&sandboxes);
 
         let host = sandboxes
             .run(&request(with_modes(pod_config("host"), NODE, NODE)))

@@ -1,10 +1,17 @@
 //! The container log in the CRI format kubelet reads:
 //! `<RFC3339Nano timestamp> <stdout|stderr> <P|F> <content>\n`.
 //!
-//! A line (without its newline) of up to [`MAX_LINE`] bytes is one `F` record; a longer one
-//! is split into `P` records of [`MAX_LINE`] bytes and a last `F`. A line still open at the
-//! end of a stream is written as `F` by [`CriLog::finish`]. Each stream keeps at most one
-//! partial line of [`MAX_LINE`] bytes, so memory stays bounded whatever the container writes.
+//! Records follow containerd's CRI logger (`pkg/cri/io/logger.go`), which kubelet's reader and
+//! tools built for containerd expect:
+//! - a line is one `F` record, without its `\n` and without a `\r` right before it;
+//! - a line longer than [`MAX_LINE`] bytes is cut into `P` records of [`MAX_LINE`] bytes,
+//!   the rest of it ending in an `F` record;
+//! - a line still open when its stream ends is written as a `P` record by
+//!   [`CriLog::finish`]: it had no newline, and kubelet must not add one.
+//!
+//! A line is written only once it ends (or fills a record), never because the container paused
+//! mid-line. Each stream keeps at most one partial line of [`MAX_LINE`] bytes, so memory stays
+//! bounded whatever the container writes.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -40,16 +47,31 @@ impl Stream {
     }
 }
 
-/// A CRI log file being written.
+/// The line a stream has open.
+#[derive(Debug, Default)]
+struct OpenLine {
+    /// Its content not yet written, at most [`MAX_LINE`] bytes.
+    content: Vec<u8>,
+    /// A `\r` read after `content`: dropped if `\n` follows, content otherwise.
+    cr: bool,
+}
+
+/// Where records go.
 #[derive(Debug)]
-pub struct CriLog {
+struct Sink {
     path: PathBuf,
     file: File,
-    /// The open (unterminated) line of each stream.
-    partial: [Vec<u8>; 2],
     /// Reused for every record so one record is one `write`.
     record: Vec<u8>,
     clock: fn() -> SystemTime,
+}
+
+/// A CRI log file being written.
+#[derive(Debug)]
+pub struct CriLog {
+    sink: Sink,
+    /// The open (unterminated) line of each stream.
+    open: [OpenLine; 2],
 }
 
 fn open_log(path: &Path) -> Result<File> {
@@ -71,118 +93,125 @@ impl CriLog {
     /// As [`CriLog::open`], with the timestamps taken from `clock` (tests).
     pub fn with_clock(path: &Path, clock: fn() -> SystemTime) -> Result<Self> {
         Ok(Self {
-            path: path.to_path_buf(),
-            file: open_log(path)?,
-            partial: [Vec::new(), Vec::new()],
-            record: Vec::new(),
-            clock,
+            sink: Sink {
+                path: path.to_path_buf(),
+                file: open_log(path)?,
+                record: Vec::new(),
+                clock,
+            },
+            open: Default::default(),
         })
     }
 
     /// Where the log is written.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.sink.path
     }
 
     /// Opens the path again (for log rotation: kubelet renames the file, then asks for a new
     /// one). Open partial lines carry over into the new file.
     pub fn reopen(&mut self) -> Result<()> {
-        self.file = open_log(&self.path)?;
+        self.sink.file = open_log(&self.sink.path)?;
         Ok(())
     }
 
     /// Logs `data` read from `stream`: every complete line, and long lines in chunks.
     pub fn write(&mut self, stream: Stream, mut data: &[u8]) -> Result<()> {
-        let Self {
-            path,
-            file,
-            partial,
-            record,
-            clock,
-        } = self;
-        let open = &mut partial[stream.index()];
-        while !data.is_empty() {
-            if open.len() == MAX_LINE {
-                // A full chunk: it ends its line only if the newline comes next.
-                if data[0] == b'\n' {
-                    emit(file, path, record, *clock, stream, 'F', open)?;
-                    data = &data[1..];
-                } else {
-                    emit(file, path, record, *clock, stream, 'P', open)?;
-                }
-                open.clear();
-                continue;
+        let Self { sink, open } = self;
+        let open = &mut open[stream.index()];
+        while let Some(i) = data.iter().position(|&c| c == b'\n') {
+            let line = &data[..i];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if open.content.is_empty() && !open.cr && line.len() <= MAX_LINE {
+                // The common case: a whole line in one read goes out without a copy.
+                sink.emit(stream, 'F', line)?;
+            } else {
+                open.extend(sink, stream, &data[..i])?;
+                open.cr = false;
+                sink.emit(stream, 'F', &open.content)?;
+                open.content.clear();
             }
-            let room = MAX_LINE - open.len();
-            let window = &data[..data.len().min(room + 1)];
-            match window.iter().position(|&c| c == b'\n') {
-                Some(i) => {
-                    if open.is_empty() {
-                        emit(file, path, record, *clock, stream, 'F', &data[..i])?;
-                    } else {
-                        open.extend_from_slice(&data[..i]);
-                        emit(file, path, record, *clock, stream, 'F', open)?;
-                        open.clear();
-                    }
-                    data = &data[i + 1..];
-                }
-                None => {
-                    let take = room.min(data.len());
-                    open.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                }
-            }
+            data = &data[i + 1..];
         }
+        open.extend(sink, stream, data)?;
         // A long partial line must not pin its peak allocation for the container's lifetime.
-        if open.is_empty() && open.capacity() > 4096 {
-            *open = Vec::new();
+        if open.content.is_empty() && open.content.capacity() > 4096 {
+            open.content = Vec::new();
         }
         Ok(())
     }
 
-    /// The stream reached its end: an unterminated last line is written as `F`.
+    /// The stream reached its end: an unterminated last line is written as `P`, as it has no
+    /// newline.
     pub fn finish(&mut self, stream: Stream) -> Result<()> {
-        let open = std::mem::take(&mut self.partial[stream.index()]);
-        if open.is_empty() {
+        let open = &mut self.open[stream.index()];
+        if std::mem::take(&mut open.cr) {
+            open.push(&mut self.sink, stream, b"\r")?;
+        }
+        let content = std::mem::take(&mut open.content);
+        if content.is_empty() {
             return Ok(());
         }
-        emit(
-            &mut self.file,
-            &self.path,
-            &mut self.record,
-            self.clock,
-            stream,
-            'F',
-            &open,
-        )
+        self.sink.emit(stream, 'P', &content)
     }
 }
 
-fn emit(
-    file: &mut File,
-    path: &Path,
-    record: &mut Vec<u8>,
-    clock: fn() -> SystemTime,
-    stream: Stream,
-    tag: char,
-    content: &[u8],
-) -> Result<()> {
-    record.clear();
-    record.extend_from_slice(rfc3339::format(clock()).as_bytes());
-    record.push(b' ');
-    record.extend_from_slice(stream.as_str().as_bytes());
-    record.push(b' ');
-    record.push(tag as u8);
-    record.push(b' ');
-    record.extend_from_slice(content);
-    record.push(b'\n');
-    let r = file
-        .write_all(record)
-        .map_err(|e| Error::io("write container log", path, e));
-    if record.capacity() > 4096 {
-        *record = Vec::new();
+impl OpenLine {
+    /// Adds `bytes` (no `\n` among them) to the line, holding a trailing `\r` back until the
+    /// next byte says whether it ends the line.
+    fn extend(&mut self, sink: &mut Sink, stream: Stream, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if std::mem::take(&mut self.cr) {
+            self.push(sink, stream, b"\r")?;
+        }
+        match bytes.strip_suffix(b"\r") {
+            Some(rest) => {
+                self.push(sink, stream, rest)?;
+                self.cr = true;
+            }
+            None => self.push(sink, stream, bytes)?,
+        }
+        Ok(())
     }
-    r
+
+    /// Appends `bytes` to the content, writing a full record as a `P` chunk once more follows.
+    fn push(&mut self, sink: &mut Sink, stream: Stream, mut bytes: &[u8]) -> Result<()> {
+        while !bytes.is_empty() {
+            if self.content.len() == MAX_LINE {
+                sink.emit(stream, 'P', &self.content)?;
+                self.content.clear();
+            }
+            let take = (MAX_LINE - self.content.len()).min(bytes.len());
+            self.content.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn emit(&mut self, stream: Stream, tag: char, content: &[u8]) -> Result<()> {
+        let record = &mut self.record;
+        record.clear();
+        record.extend_from_slice(rfc3339::format((self.clock)()).as_bytes());
+        record.push(b' ');
+        record.extend_from_slice(stream.as_str().as_bytes());
+        record.push(b' ');
+        record.push(tag as u8);
+        record.push(b' ');
+        record.extend_from_slice(content);
+        record.push(b'\n');
+        let r = self
+            .file
+            .write_all(record)
+            .map_err(|e| Error::io("write container log", &self.path, e));
+        if record.capacity() > 4096 {
+            *record = Vec::new();
+        }
+        r
+    }
 }
 
 #[cfg(test)]
@@ -254,7 +283,7 @@ mod tests {
         );
         l.finish(Stream::Stdout).unwrap();
         l.finish(Stream::Stderr).unwrap();
-        assert_eq!(records(&l)[2], rec("stderr", "F", "second"));
+        assert_eq!(records(&l)[2], rec("stderr", "P", "second"));
         assert_eq!(records(&l).len(), 3);
     }
 
@@ -296,7 +325,7 @@ mod tests {
     }
 
     #[test]
-    fn the_unterminated_last_line_is_flushed_full_at_the_end() {
+    fn the_unterminated_last_line_is_written_partial_at_the_end() {
         let (_d, mut l) = log();
         l.write(Stream::Stdout, b"done\nno newline").unwrap();
         assert_eq!(records(&l), [rec("stdout", "F", "done")]);
@@ -304,18 +333,76 @@ mod tests {
         l.finish(Stream::Stdout).unwrap();
         assert_eq!(
             records(&l),
-            [rec("stdout", "F", "done"), rec("stdout", "F", "no newline")]
+            [rec("stdout", "F", "done"), rec("stdout", "P", "no newline")]
         );
     }
 
     #[test]
-    fn bytes_pass_through_unchanged() {
+    fn a_pause_mid_line_does_not_split_it() {
+        let (_d, mut l) = log();
+        l.write(Stream::Stdout, b"abcd").unwrap();
+        assert!(records(&l).is_empty());
+        l.write(Stream::Stdout, b"efgh\n").unwrap();
+        assert_eq!(records(&l), [rec("stdout", "F", "abcdefgh")]);
+    }
+
+    #[test]
+    fn a_long_unterminated_line_ends_in_partial_chunks() {
+        let (_d, mut l) = log();
+        l.write(Stream::Stdout, "c".repeat(MAX_LINE * 2).as_bytes())
+            .unwrap();
+        l.finish(Stream::Stdout).unwrap();
+        let r = records(&l);
+        assert_eq!(r.len(), 2);
+        assert!(r.iter().all(|x| x.1 == "P" && x.2.len() == MAX_LINE));
+    }
+
+    #[test]
+    fn a_carriage_return_before_the_newline_is_dropped() {
+        let (_d, mut l) = log();
+        l.write(Stream::Stdout, b"crlf\r\nmid\rdle\r\r\nsplit\r")
+            .unwrap();
+        l.write(Stream::Stdout, b"\nkept\r").unwrap();
+        l.write(Stream::Stdout, b"x\n").unwrap();
+        l.write(Stream::Stderr, b"last\r").unwrap();
+        l.finish(Stream::Stderr).unwrap();
+        assert_eq!(
+            records(&l),
+            [
+                rec("stdout", "F", "crlf"),
+                rec("stdout", "F", "mid\rdle\r"),
+                rec("stdout", "F", "split"),
+                rec("stdout", "F", "kept\rx"),
+                rec("stderr", "P", "last\r"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_carriage_return_after_a_full_record_decides_its_tag() {
+        let (_d, mut l) = log();
+        let line = "d".repeat(MAX_LINE);
+        l.write(Stream::Stdout, format!("{line}\r").as_bytes())
+            .unwrap();
+        l.write(Stream::Stdout, b"\n").unwrap();
+        l.write(Stream::Stdout, format!("{line}\r").as_bytes())
+            .unwrap();
+        l.write(Stream::Stdout, b"e\n").unwrap();
+        let r = records(&l);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0], rec("stdout", "F", &line));
+        assert_eq!(r[1], rec("stdout", "P", &line));
+        assert_eq!(r[2], rec("stdout", "F", "\re"));
+    }
+
+    #[test]
+    fn other_bytes_pass_through_unchanged() {
         let (_d, mut l) = log();
         l.write(Stream::Stdout, b"tab\there \x01\xff\r\n").unwrap();
         let raw = std::fs::read(l.path()).unwrap();
         assert_eq!(
             raw,
-            [TS.as_bytes(), b" stdout F tab\there \x01\xff\r\n"].concat()
+            [TS.as_bytes(), b" stdout F tab\there \x01\xff\n"].concat()
         );
     }
 
@@ -351,7 +438,7 @@ mod tests {
         let big = vec![b'x'; MAX_LINE * 8];
         l.write(Stream::Stdout, &big).unwrap();
         l.write(Stream::Stderr, &big).unwrap();
-        assert!(l.partial.iter().all(|p| p.len() <= MAX_LINE));
+        assert!(l.open.iter().all(|p| p.content.len() <= MAX_LINE));
         assert_eq!(records(&l).len(), 14);
     }
 }

@@ -475,7 +475,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].ends_with(" stdout F one"), "{text}");
-        assert!(lines[1].ends_with(" stdout F two"), "{text}");
+        assert!(lines[1].ends_with(" stdout P two"), "{text}");
 
         lock(&shared.state).exit_at = Some(Instant::now());
         shared.wake();

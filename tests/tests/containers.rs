@@ -35,7 +35,9 @@ fn main() {
     run_suite(vec![
         check!(lifecycle),
         check!(exit_codes),
+        check!(missing_command),
         check!(log_format),
+        check!(log_partial_lines),
         check!(env_args_and_entrypoint),
         check!(users),
         check!(readonly_rootfs),
@@ -340,6 +342,72 @@ async fn exit_codes(ctx: Ctx) -> Result<()> {
     .await
 }
 
+/// A command that does not exist: the container is created and fails to start (containerd
+/// creates its task only at start), ending EXITED with containerd's start-error code and
+/// reason and a message naming the command; kubelet then removes it and creates the next
+/// attempt in its stead.
+async fn missing_command(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "nocmd", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let pod = s.pod("nocmd").await?;
+        let config = container("nocmd", &image, &["no-such-command", "arg"]);
+        let id = s.create(&pod, config.clone()).await?;
+        ensure_eq!(
+            s.status(&id).await?.state(),
+            ContainerState::ContainerCreated,
+            "state after CreateContainer"
+        );
+        let started = s
+            .cri
+            .runtime
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        let e = match started {
+            Ok(_) => bail!("StartContainer of a missing command succeeded"),
+            Err(e) => e,
+        };
+        ensure!(
+            e.message().contains("no-such-command"),
+            "StartContainer error {:?}: {}",
+            e.code(),
+            e.message()
+        );
+        let st = s.status(&id).await?;
+        ensure_eq!(
+            (st.state(), st.exit_code, st.reason.as_str()),
+            (ContainerState::ContainerExited, 128, "StartError"),
+            "status after the failed start"
+        );
+        ensure!(
+            st.message.contains("no-such-command")
+                && st.message.contains("executable file not found"),
+            "status message: {:?}",
+            st.message
+        );
+        ensure!(
+            st.finished_at >= st.created_at,
+            "finished_at {}",
+            st.finished_at
+        );
+        s.remove(&id).await.context("RemoveContainer")?;
+        let mut next = config;
+        next.command = strings(&["sh", "-c", "exit 0"]);
+        if let Some(m) = next.metadata.as_mut() {
+            m.attempt = 1;
+        }
+        let again = s.run(&pod, next).await.context("the next attempt")?;
+        ensure_eq!(
+            s.exited(&again).await?.exit_code,
+            0,
+            "the next attempt's exit"
+        );
+        Ok(())
+    })
+    .await
+}
+
 async fn log_format(ctx: Ctx) -> Result<()> {
     with_scene(&ctx, "logs", async |s| {
         let image = s.image(&ctx, PLAIN).await?;
@@ -375,6 +443,58 @@ async fn log_format(ctx: Ctx) -> Result<()> {
         ensure!(
             log.iter().all(|(_, _, _, c)| c.len() <= 16 * 1024),
             "a record longer than 16 KiB"
+        );
+        Ok(())
+    })
+    .await
+}
+
+/// The tags of the CRI log format as containerd's logger writes them: a line waits for its
+/// newline however long the container pauses mid-line, `\r\n` ends a line like `\n`, and
+/// output that ends without a newline is a partial (`P`) record, so that kubelet adds no
+/// newline the container never wrote.
+async fn log_partial_lines(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "partial", async |s| {
+        let image = s.image(&ctx, PLAIN).await?;
+        let pod = s.pod("partial").await?;
+        let script = "printf abcd; sleep 1; printf 'efgh\\n'; printf 'crlf\\r\\n'; \
+                      printf 'cr\\rin\\n'; printf err-tail >&2; printf tail";
+        let id = s
+            .run(&pod, container("partial", &image, &["sh", "-c", script]))
+            .await?;
+        let st = s.exited(&id).await?;
+        ensure_eq!(st.exit_code, 0, "exit code");
+        let of = |log: &[bungeo_tests::crilog::LogLine], stream: &str| {
+            log.iter()
+                .filter(|(_, s, _, _)| s == stream)
+                .map(|(_, _, tag, content)| (tag.clone(), content.clone()))
+                .collect::<Vec<_>>()
+        };
+        let log = s
+            .log_when(&id, |l| {
+                of(l, "stdout").len() >= 4 && !of(l, "stderr").is_empty()
+            })
+            .await?;
+        let want = |records: &[(&str, &str)]| {
+            records
+                .iter()
+                .map(|(t, c)| (t.to_string(), c.to_string()))
+                .collect::<Vec<_>>()
+        };
+        ensure_eq!(
+            of(&log, "stdout"),
+            want(&[
+                ("F", "abcdefgh"),
+                ("F", "crlf"),
+                ("F", "cr\rin"),
+                ("P", "tail")
+            ]),
+            "stdout records"
+        );
+        ensure_eq!(
+            of(&log, "stderr"),
+            want(&[("P", "err-tail")]),
+            "stderr records"
         );
         Ok(())
     })

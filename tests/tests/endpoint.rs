@@ -96,6 +96,10 @@ impl Scene {
     async fn start(reg: &BusyboxRegistry, extra: &str, host_network: bool) -> Result<Self> {
         let (bungeo, mut cri) = reg.bungeo(extra).await?;
         let mut config: PodSandboxConfig = pod_config(NAMESPACE, "endpoint", "");
+        if host_network {
+            // kubelet names no pod on the node's network: it has the node's hostname.
+            config.hostname.clear();
+        }
         if host_network
             && let Some(ns) = config
                 .linux

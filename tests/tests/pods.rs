@@ -36,6 +36,7 @@ fn main() {
         check!(invalid_requests),
         check!(sandbox_files),
         check!(node_namespaces),
+        check!(node_network_with_hostname),
         check!(concurrent_pods),
         check!(pinned_namespaces, only = Target::Bungeo),
         check!(cgroup_parent_recorded, only = Target::Bungeo),
@@ -762,6 +763,53 @@ async fn node_namespaces(ctx: Ctx) -> Result<()> {
             }
             ensure!(info["shm"].is_null(), "shm mounted: {info}");
         }
+        Ok(())
+    })
+    .await
+}
+
+/// A pod on the node's network that asks for a hostname of its own: it shares the node's UTS
+/// namespace, so it cannot have one; containerd's runtime refuses it and so does the pod.
+async fn node_network_with_hostname(ctx: Ctx) -> Result<()> {
+    with_pods(&ctx, async |pods| {
+        let mut config = pod_config(&ctx, "node-host", "node-host");
+        set_modes(&mut config, NamespaceMode::Node, NamespaceMode::Node);
+        config.hostname = "own-name".to_string();
+        config.dns_config = None;
+        let node_hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+        match run_pod(&mut pods.cri, config).await {
+            Ok(id) => {
+                pods.ids.push(id.clone());
+                bail!("RunPodSandbox succeeded: pod {id}");
+            }
+            // containerd 1.6: "failed to create containerd task: ... runc create failed:
+            // unable to set hostname without a private UTS namespace: unknown".
+            Err(e) if e.code() == Code::Unknown => ensure!(
+                e.message()
+                    .contains("unable to set hostname without a private UTS namespace"),
+                "message: {}",
+                e.message()
+            ),
+            Err(e) => bail!("want Unknown, got {:?}: {}", e.code(), e.message()),
+        }
+        ensure_eq!(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")?,
+            node_hostname,
+            "the node's hostname"
+        );
+        let left = pods
+            .cri
+            .runtime
+            .list_pod_sandbox(ListPodSandboxRequest {
+                filter: Some(PodSandboxFilter {
+                    label_selector: HashMap::from([("check".to_string(), "node-host".to_string())]),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner()
+            .items;
+        ensure!(left.is_empty(), "the refused pod is listed: {left:?}");
         Ok(())
     })
     .await

@@ -31,6 +31,7 @@ fn main() {
         check!(memory_working_set),
         check!(same_figures_as_containerd, only = Target::Bungeo),
         check!(stopped_pod_not_reported),
+        check!(stopped_container_stats),
         check!(events_in_order, only = Target::Bungeo),
         check!(cadvisor_metrics, only = Target::Bungeo),
         check!(metrics_endpoint, only = Target::Bungeo),
@@ -356,6 +357,39 @@ async fn same_figures_as_containerd(ctx: Ctx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// ContainerStats of a container that no longer runs: containerd asks its task for metrics,
+/// finds none (the task is deleted once the container exits) and answers `Unknown`, not
+/// figures of a cgroup that is gone.
+async fn stopped_container_stats(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, ctx.cri.clone(), "stopped-ctr", async |s| {
+        let pod = s.pod("stopped-ctr").await?;
+        let stopped = s.run(&pod, "sleeper", &["sleep", "3600"]).await?;
+        let done = s.run(&pod, "quick", &["true"]).await?;
+        s.stats(&stopped).await.context("while it runs")?;
+        s.stop(&stopped, 0)
+            .await
+            .with_context(|| format!("StopContainer {stopped}"))?;
+        s.exited(&done).await?;
+        for (what, id) in [("stopped", &stopped), ("exited by itself", &done)] {
+            let got = s
+                .cri
+                .runtime
+                .container_stats(ContainerStatsRequest {
+                    container_id: id.clone(),
+                })
+                .await;
+            match got {
+                // containerd 1.6: "unexpected metrics response: []".
+                Err(e) if e.code() == tonic::Code::Unknown => {}
+                Err(e) => bail!("{what}: want Unknown, got {:?}: {}", e.code(), e.message()),
+                Ok(r) => bail!("{what}: want an error, got {:?}", r.into_inner().stats),
+            }
+        }
+        Ok(())
+    })
+    .await
 }
 
 async fn stopped_pod_not_reported(ctx: Ctx) -> Result<()> {

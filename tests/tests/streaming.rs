@@ -18,7 +18,7 @@ use bungeo_tests::streaming::portforward::{self, PortForwarder};
 use bungeo_tests::streaming::spdy::FlowControl;
 use bungeo_tests::suite::{Ctx, run_suite};
 use bungeo_tests::{check, ensure_eq};
-use k8s_cri::v1::{AttachRequest, ExecRequest, PortForwardRequest};
+use k8s_cri::v1::{AttachRequest, ExecRequest, NamespaceMode, PortForwardRequest};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,6 +32,7 @@ fn main() {
         check!(port_forward_http),
         check!(port_forward_tunnel, only = Target::Bungeo),
         check!(port_forward_closed_port),
+        check!(port_forward_host_network),
         check!(large_exec_stdout),
         check!(large_port_forward),
         check!(concurrent_streams),
@@ -576,6 +577,59 @@ async fn port_forward_closed_port(ctx: Ctx) -> Result<()> {
             err.contains("refused") || err.contains("9"),
             "error stream for a closed port: {err:?} (data {buf:?})"
         );
+        Ok(())
+    })
+    .await
+}
+
+/// Port-forward to a pod on the node's network reaches the port in the node's network
+/// namespace (containerd dials there for these pods): a server this test runs on 127.0.0.1.
+async fn port_forward_host_network(ctx: Ctx) -> Result<()> {
+    with_scene(&ctx, "pf-host", async |s| {
+        let mut config = s.pod_config("pf-host");
+        // kubelet sends no hostname and no DNS config for a pod on the node's network.
+        config.hostname.clear();
+        config.dns_config = None;
+        scene::pod_security(&mut config)
+            .namespace_options
+            .get_or_insert_with(scene::pod_namespaces)
+            .network = NamespaceMode::Node as i32;
+        let pod = s.run_pod(config).await?;
+
+        let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .await
+            .context("listen on 127.0.0.1")?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await?;
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while conn.read(&mut b).await? == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            conn.write_all(format!("host got {}\n", String::from_utf8_lossy(&line)).as_bytes())
+                .await?;
+            conn.shutdown().await?;
+            anyhow::Ok(())
+        });
+        let url = s.port_forward_url(&pod, &[i32::from(port)]).await?;
+        let pf = PortForwarder::connect(&url, portforward::Transport::SPDY).await?;
+        let mut conn = pf.dial(port).await?;
+        let answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            portforward::round_trip(&mut conn, b"ping\n"),
+        )
+        .await
+        .context("no answer through the forward")?;
+        let err = conn.error_text().await;
+        server.abort();
+        let answer = answer?;
+        ensure_eq!(
+            String::from_utf8_lossy(&answer),
+            "host got ping\n",
+            "answer (error stream: {err:?})"
+        );
+        ensure!(err.is_empty(), "error stream says {err:?}");
         Ok(())
     })
     .await

@@ -255,6 +255,7 @@ impl Containers {
             cgroups_path: self.cgroups_path(&sandbox.cgroup_parent, id),
             resources: None,
             user: None,
+            start_error: None,
         }
     }
 
@@ -362,17 +363,28 @@ impl Containers {
         }
         let shim = shims::launch(&self.shim, &record.shim, &record.id, &bundle)
             .map_err(|e| shim_error(&what, "start its shim", e))?;
-        record.pid = shim
-            .create(
-                &bundle,
-                log.as_deref(),
-                record.config.tty,
-                shims::StdioOptions {
-                    stdin: record.config.stdin,
-                    stdin_once: record.config.stdin_once,
-                },
-            )
-            .map_err(|e| shim_error(&what, "create", e))?;
+        let created = shim.create(
+            &bundle,
+            log.as_deref(),
+            record.config.tty,
+            shims::StdioOptions {
+                stdin: record.config.stdin,
+                stdin_once: record.config.stdin_once,
+            },
+        );
+        match created {
+            Ok(pid) => record.pid = pid,
+            // The shim answered: the runtime refused the init. containerd would learn this at
+            // StartContainer, so that is where it is reported; the shim has nothing to hold.
+            Err(CallError::Status { message, .. }) => {
+                warn!(error = %message, "the runtime refused the container: StartContainer will fail");
+                shim.shutdown()
+                    .map_err(|e| shim_error(&what, "shut down its shim", e))?;
+                wait_gone(&record.shim, &record.id);
+                record.start_error = Some(message);
+            }
+            Err(e) => return Err(shim_error(&what, "create", e)),
+        }
         Ok(())
     }
 

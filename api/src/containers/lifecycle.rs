@@ -72,7 +72,13 @@ impl Containers {
                 super::record::cri_state(record.phase).as_str_name()
             )));
         }
-        let started = Shim::connect(&record.shim, &id).and_then(|s| s.start(""));
+        let started = match &record.start_error {
+            Some(message) => Err(CallError::Status {
+                code: Code::INTERNAL,
+                message: message.clone(),
+            }),
+            None => Shim::connect(&record.shim, &id).and_then(|s| s.start("")),
+        };
         match started {
             Ok(pid) => {
                 self.update(&entry, |r| {

@@ -319,6 +319,10 @@ impl Containers {
         ) {
             return false;
         }
+        if record.start_error.is_some() {
+            // Created without an init or a shim: nothing to reconcile until its start fails.
+            return false;
+        }
         use bungeo_shim::protos::api::Status;
         let state = Shim::connect(&record.shim, &record.id).and_then(|s| s.state(""));
         match state {

@@ -127,6 +127,12 @@ pub struct ContainerRecord {
     pub resources: Option<cri::LinuxContainerResources>,
     /// The user the init runs as, from the spec.
     pub user: Option<cri::LinuxContainerUser>,
+    /// Why the runtime refused to create the init (a command that does not exist, a bad
+    /// user...). The container is created all the same and StartContainer fails with this:
+    /// containerd creates its task only at start, and kubelet tells a container that fails to
+    /// start (RunContainerError, then a new one in its stead) from one it cannot create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_error: Option<String>,
 }
 
 impl ContainerRecord {
@@ -405,6 +411,7 @@ pub(crate) mod tests {
             cgroups_path: format!("/kubepods/pod1/{id}"),
             resources: None,
             user: None,
+            start_error: None,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bungeo_shim::attach::{FRAME_HEADER, FRAME_STDERR, FRAME_STDOUT, MODE_OUTPUT, MODE_STDIN};
 use futures_util::future::BoxFuture;
+use k8s_cri::v1 as cri;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::unix::pipe;
@@ -490,18 +491,33 @@ impl Backend for StreamBackend {
     }
 
     fn dial(&self, sandbox_id: &str, port: u16) -> BoxFuture<'static, io::Result<TcpStream>> {
-        let netns = self
-            .sandboxes
-            .record(sandbox_id)
-            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, e.to_string()))
-            .and_then(|r| {
-                r.namespaces.net.clone().ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!("pod sandbox {sandbox_id} has no network namespace of its own"),
-                    )
-                })
-            });
+        let record = match self.sandboxes.record(sandbox_id) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = io::Error::new(io::ErrorKind::NotFound, e.to_string());
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        if on_node_network(&record.config) {
+            // The pod's ports are the node's, as containerd dials them: from here.
+            return Box::pin(crate::streaming::portforward::dial_here(port));
+        }
+        let netns = record.namespaces.net.clone().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("pod sandbox {sandbox_id} has no network namespace of its own"),
+            )
+        });
         Box::pin(async move { crate::streaming::portforward::dial_in_netns(netns?, port).await })
     }
+}
+
+/// Whether the pod shares the node's network namespace (and so the daemon's).
+fn on_node_network(config: &cri::PodSandboxConfig) -> bool {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32)
 }

@@ -10,7 +10,10 @@ use bungeo_imagestore::{ImageStore, RegistriesConfig, StoreConfig};
 use bungeo_shim::exit_record::{self, ExitRecord};
 use k8s_cri::v1 as cri;
 
-use super::record::{self, REASON_ERROR, REASON_OOM_KILLED, REASON_UNKNOWN};
+use super::record::{
+    self, REASON_ERROR, REASON_OOM_KILLED, REASON_START_ERROR, REASON_UNKNOWN,
+    START_ERROR_EXIT_CODE,
+};
 use super::*;
 use crate::config::Config;
 use crate::records::RECORDS_FILE;
@@ -366,6 +369,42 @@ fn an_exited_container_cannot_start_exec_or_reopen_its_log() {
         assert!(err.to_string().contains("CONTAINER_EXITED"), "{err}");
     }
     containers.remove(&r.id).unwrap();
+}
+
+#[test]
+fn a_container_the_runtime_refused_stays_created_until_its_start_fails() {
+    let env = Env::new();
+    let (sandboxes, containers) = env.open();
+    let pod = sandboxes.run(&pod_request("p")).unwrap();
+    drop(containers);
+    // No init and no shim: CreateContainer kept the runtime's refusal for StartContainer.
+    let mut r = left_behind(&env, &pod, ContainerPhase::Created);
+    r.pid = 0;
+    r.start_error = Some("exec: \"nope\": executable file not found in $PATH".into());
+    sandboxes.records().put_container(&r).unwrap();
+    // A restart finds no shim, and that is no exit of an init that never was.
+    let containers = open_in(env.dir.path(), &Config::default(), &sandboxes);
+    let status = |id: &str| containers.status(id, false).unwrap().status.unwrap();
+    assert_eq!(status(&r.id).state(), cri::ContainerState::ContainerCreated);
+    let err = containers.start(&r.id).unwrap_err();
+    assert!(
+        err.to_string().contains("executable file not found"),
+        "{err}"
+    );
+    let s = status(&r.id);
+    assert_eq!(s.state(), cri::ContainerState::ContainerExited);
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (START_ERROR_EXIT_CODE, REASON_START_ERROR)
+    );
+    assert!(s.message.contains("\"nope\""), "{}", s.message);
+    assert!(s.finished_at > 0);
+    let err = containers.start(&r.id).unwrap_err();
+    assert_eq!(code(&err), tonic::Code::FailedPrecondition, "{err}");
+    containers.remove(&r.id).unwrap();
+    assert!(!r.dir.exists());
+    assert!(containers.list(None).is_empty());
+    sandboxes.remove(&pod).unwrap();
 }
 
 #[test]

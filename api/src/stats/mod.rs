@@ -236,6 +236,13 @@ impl StatsCollector {
         query: &str,
     ) -> Result<cri::ContainerStats> {
         let record = containers.record(query)?;
+        // Its cgroup is gone: no figures to give, as containerd, whose deleted task has none.
+        if !has_stats(&record) {
+            return Err(Error::Refused(format!(
+                "container {} does not run: it has no stats",
+                record.id
+            )));
+        }
         Ok(self.cri_container(&self.sample_container(record, Rate::Track)))
     }
 

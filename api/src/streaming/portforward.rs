@@ -61,6 +61,19 @@ pub async fn dial_in_netns(netns: PathBuf, port: u16) -> io::Result<TcpStream> {
     TcpStream::from_std(std)
 }
 
+/// Connects to `localhost:port` in the daemon's own network namespace (the node's, for a pod
+/// on the node's network).
+pub async fn dial_here(port: u16) -> io::Result<TcpStream> {
+    let s = match TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)).await {
+        Ok(s) => s,
+        Err(e) => TcpStream::connect((std::net::Ipv6Addr::LOCALHOST, port))
+            .await
+            .map_err(|_| e)?,
+    };
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
 /// Copies between the client's data stream and the pod's connection. The client's end of
 /// input half-closes the pod connection; the pod closing it ends the forward (as with
 /// containerd and kubelet: clients never half-close, and wait for the error stream to end).
