@@ -409,8 +409,9 @@ fn a_tty_container_logs_one_stream_and_resizes() {
         "{recs:?}"
     );
     let contents: Vec<&str> = recs.iter().map(|r| r.3.as_str()).collect();
-    // The terminal echoes the input and ends lines with CR LF.
-    assert_eq!(contents, ["hi\r", "30 100\r", "got hi\r", "to-stderr\r"]);
+    // The terminal echoes the input and ends lines with CR LF; the CR before LF is dropped,
+    // as containerd's CRI logger drops it.
+    assert_eq!(contents, ["hi", "30 100", "got hi", "to-stderr"]);
     delete(c, &h.id, "").unwrap();
     shutdown(&h);
 }
@@ -468,7 +469,8 @@ fn the_log_reopens_after_rotation_and_long_lines_split() {
     assert_eq!(new[0], ("F".into(), "two".into()));
     assert_eq!(new[1], ("P".into(), "x".repeat(16 * 1024)));
     assert_eq!(new[2], ("F".into(), "x".repeat(100)));
-    assert_eq!(new[3], ("F".into(), "no newline at the end".into()));
+    // Output that ends without a newline stays partial, as containerd writes it.
+    assert_eq!(new[3], ("P".into(), "no newline at the end".into()));
     delete(c, &h.id, "").unwrap();
     shutdown(&h);
 }
