@@ -46,11 +46,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let mut cri = Cri::wait_ready(&args.socket, Duration::from_secs(args.wait_seconds), || {
-        Ok(())
-    })
-    .await
-    .context("the daemon never served")?;
+    let alive = || match args.daemon_pid {
+        Some(pid) if !running(pid) => bail!("the daemon (pid {pid}) exited before it served"),
+        _ => Ok(()),
+    };
+    let mut cri = Cri::wait_ready(&args.socket, Duration::from_secs(args.wait_seconds), alive)
+        .await
+        .context("the daemon never served")?;
     let v = cri.version().await?;
     println!(
         "smoke: connected to {} {}",
@@ -97,6 +99,18 @@ async fn main() -> Result<()> {
     cri.remove_image(&args.image).await.context("RemoveImage")?;
     println!("smoke: pod, container and image removed");
     Ok(())
+}
+
+/// Whether `pid` runs: it exists and is not a zombie (its parent, the script that started it,
+/// reaps it only after this client is done).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let state = s.rsplit_once(')')?.1.split_whitespace().next()?.to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 async fn in_pod(
